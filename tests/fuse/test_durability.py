@@ -1,0 +1,138 @@
+"""Durability of the mount (issue 3): close() and fsync() return after the server has the data;
+kill -9 of the client loses nothing; edits made while the server is down wait in a durable queue
+that survives a client crash; every save is a version in the file's history.
+
+The server's state is read over HTTP (`ServerView`), never through the mount under test.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fuse.blackbox import MiB, ServerView, det_bytes, read_file, wait_for, write_file
+
+pytestmark = pytest.mark.fuse
+
+
+def test_closed_file_is_on_the_server(mount: Any) -> None:
+    view = ServerView(mount.server, mount.user)
+    data = det_bytes("closed", 3 * MiB + 99)
+    os.makedirs(Path(mount.path) / "docs" / "2026")
+    write_file(Path(mount.path) / "docs" / "2026" / "report.bin", data)
+    # no fsync, no unmount: close() alone must have committed
+    node = view.node("docs/2026/report.bin")
+    assert node["type"] == "file", node
+    full = view.get(f"/v1/nodes/{node['id']}?blocks=1")
+    assert full["size"] == len(data), f"server size {full['size']}, wrote {len(data)}"
+    assert full["version"] >= 1, full
+    assert sum(n for _, n in full["blocks"]) == len(data)
+    assert view.blocks_content(full["blocks"]) == data, "server blocks do not spell the content"
+    assert full["committed_by"] == mount.device, (
+        f"commit should name the device {mount.device!r}: {full['committed_by']!r}"
+    )
+
+
+def test_kill9_after_fsync_keeps_data(mount: Any) -> None:
+    view = ServerView(mount.server, mount.user)
+    path = Path(mount.path) / "journal.bin"
+    write_file(path, b"v1 committed by close\n")
+    data = det_bytes("fsync-kill", 2 * MiB + 3)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+        mount.kill9()  # the descriptor is still open: no flush, no release ever reaches the client
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the mount is gone under it (ENOTCONN) - that is the point
+    assert view.content("journal.bin") == data, "fsync returned but the server lacks the data"
+    mount.start()
+    assert read_file(path) == data, "content after kill -9 and remount"
+
+
+def test_kill9_after_close_keeps_data(mount: Any) -> None:
+    view = ServerView(mount.server, mount.user)
+    files = {f"f{i}.bin": det_bytes(f"close-kill-{i}", 100_000 * (i + 1)) for i in range(5)}
+    for name, data in files.items():
+        write_file(Path(mount.path) / name, data)
+    mount.kill9()
+    for name, data in files.items():
+        assert view.content(name) == data, f"{name}: close returned but the server lacks it"
+    mount.start()
+    for name, data in files.items():
+        assert read_file(Path(mount.path) / name) == data, f"{name} after kill -9 and remount"
+
+
+@pytest.mark.slow
+def test_offline_edit_queued_survives_kill9_and_replays(mount: Any) -> None:
+    """Server down: close() still succeeds (edit queued durably); client killed; both restart;
+    the queued edit reaches the server."""
+    server = mount.server
+    view = ServerView(server, mount.user)
+    path = Path(mount.path) / "offline.txt"
+    write_file(path, b"online version\n")
+    node_id = view.node("offline.txt")["id"]
+    offline = det_bytes("offline", 1 * MiB + 5)
+    server.stop()
+    try:
+        t0 = time.monotonic()
+        with open(path, "r+b") as f:
+            f.write(offline)
+        close_s = time.monotonic() - t0
+        assert close_s < 60, f"close() with the server down took {close_s:.1f}s (must be bounded)"
+        assert read_file(path) == offline, "the mount must show the queued edit"
+        mount.kill9()
+    finally:
+        server.start()  # same data dir, new port; Mount.start() uses the new URL
+    mount.start()
+    wait_for(
+        lambda: view.get(f"/v1/nodes/{node_id}")["size"] == len(offline),
+        30,
+        "the queued edit to reach the server after restart",
+    )
+    assert view.content("offline.txt") == offline, "replayed content differs"
+    assert read_file(path) == offline
+
+
+def test_three_saves_are_three_versions(mount: Any) -> None:
+    view = ServerView(mount.server, mount.user)
+    path = Path(mount.path) / "essay.txt"
+    saves = [det_bytes(f"essay-{i}", 50_000 + i * 1000) for i in range(3)]
+    for data in saves:
+        with open(path, "wb") as f:  # O_TRUNC rewrite, as many programs save
+            f.write(data)
+    node = view.node("essay.txt")
+    versions = view.versions(node["id"])
+    assert len(versions) >= 3, f"expected >= 3 versions after 3 saves, got {versions}"
+    nums = [v["version"] for v in versions]
+    assert nums == sorted(nums, reverse=True), f"versions not newest first: {nums}"
+    assert versions[0]["version"] == node["version"]
+    # the three newest versions hold the three saves, newest first
+    for v, data in zip(versions[:3], reversed(saves), strict=True):
+        assert v["size"] == len(data), f"version {v['version']}: size {v['size']} != {len(data)}"
+        assert view.version_content(node["id"], v["version"]) == data, (
+            f"version {v['version']} content differs"
+        )
+        assert v["device"] == mount.device, v
+
+
+def test_editor_saves_keep_history(mount: Any) -> None:
+    """write temp + rename over: the file keeps one history (the move takes it over)."""
+    view = ServerView(mount.server, mount.user)
+    root = Path(mount.path)
+    saves = [f"draft {i}\n".encode() * (i + 1) for i in range(3)]
+    for i, data in enumerate(saves):
+        write_file(root / f".notes.txt.swp{i}", data, fsync=True)
+        os.rename(root / f".notes.txt.swp{i}", root / "notes.txt")
+    assert view.names() == ["notes.txt"]
+    node = view.node("notes.txt")
+    versions = view.versions(node["id"])
+    assert len(versions) >= 3, f"editor-style saves lost history: {versions}"
+    assert [view.version_content(node["id"], v["version"]) for v in versions[:3]] == saves[::-1]

@@ -1,0 +1,421 @@
+"""POSIX behaviour of the mount that ordinary programs rely on (issue 3, "The filesystem").
+
+Most tests share one server + mount per module and work in their own fresh folder; tests that
+remount take the function-scoped `mount` fixture from conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fuse.blackbox import (
+    MiB,
+    ServerView,
+    det_bytes,
+    fresh_dir,
+    read_file,
+    standalone_mount,
+    wait_for,
+    write_file,
+)
+
+pytestmark = pytest.mark.fuse
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    with standalone_mount(tmp_path_factory.mktemp("posix")) as m:
+        yield m
+
+
+@pytest.fixture
+def d(shared: Any, request: pytest.FixtureRequest) -> Path:
+    return fresh_dir(shared, request.node.name)
+
+
+@pytest.fixture
+def view(shared: Any) -> ServerView:
+    return ServerView(shared.server, shared.user)
+
+
+def test_create_write_read(d: Path, view: ServerView) -> None:
+    data = det_bytes("cwr", 3 * MiB + 12345)
+    fd = os.open(d / "f.bin", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        # several writes of odd sizes, as programs do
+        pos = 0
+        for n in (1, 4095, 65536, 1 * MiB, len(data)):
+            pos += os.write(fd, data[pos:n])
+        assert pos == len(data)
+    finally:
+        os.close(fd)
+    st = os.stat(d / "f.bin")
+    assert stat.S_ISREG(st.st_mode) and st.st_size == len(data), f"stat after close: {st}"
+    assert read_file(d / "f.bin") == data, "read-back differs from what was written"
+    # random-offset reads
+    with open(d / "f.bin", "rb") as f:
+        for off, n in ((0, 10), (4090, 20), (MiB - 3, 7), (len(data) - 5, 100)):
+            f.seek(off)
+            assert f.read(n) == data[off : off + n], f"pread at {off} len {n}"
+    assert view.content(f"{d.name}/f.bin") == data, "server content differs after close"
+
+
+def test_empty_file(d: Path, view: ServerView) -> None:
+    open(d / "empty", "wb").close()
+    assert os.stat(d / "empty").st_size == 0
+    assert read_file(d / "empty") == b""
+    node = view.node(f"{d.name}/empty")
+    assert node["type"] == "file" and node["size"] == 0, f"server node: {node}"
+
+
+def test_overwrite_middle_and_write_past_eof(d: Path, view: ServerView) -> None:
+    base = det_bytes("mid", 2 * MiB)
+    write_file(d / "f", base)
+    with open(d / "f", "r+b") as f:
+        f.seek(MiB - 10)
+        f.write(b"X" * 20)
+        f.seek(3 * MiB)  # a hole between 2 MiB and 3 MiB
+        f.write(b"tail")
+    expected = base[: MiB - 10] + b"X" * 20 + base[MiB + 10 :] + b"\0" * MiB + b"tail"
+    assert os.stat(d / "f").st_size == len(expected)
+    assert read_file(d / "f") == expected, "overwrite / hole content wrong on the mount"
+    assert view.content(f"{d.name}/f") == expected, "overwrite / hole content wrong on the server"
+
+
+def test_o_append(d: Path) -> None:
+    write_file(d / "log", b"first\n")
+    fd = os.open(d / "log", os.O_WRONLY | os.O_APPEND)
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)  # O_APPEND ignores the position
+        os.write(fd, b"second\n")
+        fd2 = os.open(d / "log", os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd2, b"third\n")
+            os.write(fd, b"fourth\n")
+        finally:
+            os.close(fd2)
+    finally:
+        os.close(fd)
+    assert read_file(d / "log") == b"first\nsecond\nthird\nfourth\n"
+    with open(d / "log", "ab") as f:
+        f.write(b"fifth\n")
+    assert read_file(d / "log") == b"first\nsecond\nthird\nfourth\nfifth\n"
+
+
+def test_o_trunc(d: Path, view: ServerView) -> None:
+    write_file(d / "f", det_bytes("trunc", 500_000))
+    fd = os.open(d / "f", os.O_WRONLY | os.O_TRUNC)
+    try:
+        assert os.fstat(fd).st_size == 0, "O_TRUNC must empty the file at open"
+        os.write(fd, b"short")
+    finally:
+        os.close(fd)
+    assert read_file(d / "f") == b"short"
+    assert view.content(f"{d.name}/f") == b"short"
+    # O_TRUNC with nothing written leaves an empty file
+    os.close(os.open(d / "f", os.O_WRONLY | os.O_TRUNC))
+    assert read_file(d / "f") == b""
+    assert view.node(f"{d.name}/f")["size"] == 0
+
+
+def test_truncate_down_and_up(d: Path, view: ServerView) -> None:
+    data = det_bytes("tr", 3 * MiB + 7)
+    write_file(d / "f", data)
+    os.truncate(d / "f", MiB + 1)
+    assert os.stat(d / "f").st_size == MiB + 1
+    assert read_file(d / "f") == data[: MiB + 1]
+    os.truncate(d / "f", 2 * MiB)  # up: zeros
+    assert read_file(d / "f") == data[: MiB + 1] + b"\0" * (MiB - 1)
+    # ftruncate on an open descriptor with writes around it
+    with open(d / "f", "r+b") as f:
+        f.truncate(10)
+        f.seek(20)
+        f.write(b"after")
+    expected = data[:10] + b"\0" * 10 + b"after"
+    assert read_file(d / "f") == expected
+    assert view.content(f"{d.name}/f") == expected
+    os.truncate(d / "f", 0)
+    assert os.stat(d / "f").st_size == 0 and read_file(d / "f") == b""
+    wait_for(lambda: view.node(f"{d.name}/f")["size"] == 0, 5, "server size 0 after truncate(0)")
+
+
+def test_chmod(d: Path, view: ServerView) -> None:
+    write_file(d / "f", b"x")
+    os.mkdir(d / "sub")
+    for mode in (0o600, 0o755, 0o700, 0o640):
+        os.chmod(d / "f", mode)
+        got = stat.S_IMODE(os.stat(d / "f").st_mode)
+        assert got == mode, f"chmod {oct(mode)}: stat says {oct(got)}"
+    os.chmod(d / "sub", 0o700)
+    assert stat.S_IMODE(os.stat(d / "sub").st_mode) == 0o700
+    assert stat.S_ISDIR(os.stat(d / "sub").st_mode)
+    assert view.node(f"{d.name}/f")["mode"] == 0o640, "server mode after chmod"
+    assert view.node(f"{d.name}/sub")["mode"] == 0o700
+    # create honours the mode argument (umask 022 of the test process applies)
+    old = os.umask(0o022)
+    try:
+        os.close(os.open(d / "g", os.O_CREAT | os.O_WRONLY, 0o751))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(d / "g").st_mode) == 0o751 & ~0o022
+
+
+def test_utime_ns_precision(d: Path, view: ServerView) -> None:
+    write_file(d / "f", b"x")
+    os.mkdir(d / "sub")
+    mtime_ns = 1_600_000_000_123_456_789
+    atime_ns = 1_500_000_000_987_654_321
+    os.utime(d / "f", ns=(atime_ns, mtime_ns))
+    os.utime(d / "sub", ns=(atime_ns, mtime_ns + 1))
+    assert os.stat(d / "f").st_mtime_ns == mtime_ns, "mtime must keep nanoseconds"
+    assert os.stat(d / "sub").st_mtime_ns == mtime_ns + 1
+    assert view.node(f"{d.name}/f")["mtime_ns"] == mtime_ns, "server mtime_ns after utime"
+    assert view.node(f"{d.name}/sub")["mtime_ns"] == mtime_ns + 1
+    # writing moves mtime forward to about now
+    with open(d / "f", "ab") as f:
+        f.write(b"y")
+    assert os.stat(d / "f").st_mtime_ns > mtime_ns, "a write must update mtime"
+
+
+def test_symlink_readlink(d: Path, view: ServerView) -> None:
+    write_file(d / "target.txt", b"through the link")
+    os.symlink("target.txt", d / "rel")
+    os.symlink("/nonexistent/elsewhere", d / "dangling")
+    os.mkdir(d / "sub")
+    os.symlink("../target.txt", d / "sub" / "up")
+    assert os.readlink(d / "rel") == "target.txt"
+    assert os.readlink(d / "dangling") == "/nonexistent/elsewhere"
+    st = os.lstat(d / "rel")
+    assert stat.S_ISLNK(st.st_mode) and st.st_size == len("target.txt"), f"lstat: {st}"
+    assert read_file(d / "rel") == b"through the link"
+    assert read_file(d / "sub" / "up") == b"through the link"
+    assert os.path.lexists(d / "dangling") and not os.path.exists(d / "dangling")
+    node = view.node(f"{d.name}/dangling")
+    assert node["type"] == "symlink" and node["target"] == "/nonexistent/elsewhere", node
+    os.rename(d / "rel", d / "rel2")
+    assert os.readlink(d / "rel2") == "target.txt"
+    os.unlink(d / "rel2")
+    assert os.path.exists(d / "target.txt"), "unlinking a symlink must not touch its target"
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    out: dict[str, bytes | None] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        for name in dirnames:
+            out[os.path.normpath(os.path.join(rel, name))] = None
+        for name in filenames:
+            out[os.path.normpath(os.path.join(rel, name))] = read_file(Path(dirpath) / name)
+    return out
+
+
+def test_mkdir_and_rename_dirs_with_contents(d: Path, view: ServerView) -> None:
+    os.makedirs(d / "a" / "b" / "c")
+    files = {
+        "a/top.txt": det_bytes(1, 100),
+        "a/b/mid.bin": det_bytes(2, 300_000),
+        "a/b/c/deep.txt": det_bytes(3, 10),
+    }
+    for rel, data in files.items():
+        write_file(d / rel, data)
+    before = _tree(d / "a")
+    ino = os.stat(d / "a").st_ino
+    os.mkdir(d / "x")
+    os.rename(d / "a", d / "x" / "moved")
+    assert not (d / "a").exists()
+    assert _tree(d / "x" / "moved") == before, "tree changed by the move"
+    assert os.stat(d / "x" / "moved").st_ino == ino
+    assert view.content(f"{d.name}/x/moved/b/c/deep.txt") == files["a/b/c/deep.txt"]
+    assert view.node_at(f"{d.name}/a") is None, "server still has the old name"
+    # rename within the same folder, and replace an empty folder
+    os.mkdir(d / "empty")
+    os.rename(d / "x" / "moved", d / "empty")
+    assert _tree(d / "empty") == before
+    # write into the moved folder works
+    write_file(d / "empty" / "b" / "new.txt", b"new")
+    assert view.content(f"{d.name}/empty/b/new.txt") == b"new"
+
+
+def test_rename_file_over_file(d: Path, view: ServerView) -> None:
+    write_file(d / "old", b"old content")
+    write_file(d / "new", b"new content")
+    ino_new = os.stat(d / "new").st_ino
+    os.rename(d / "new", d / "old")
+    assert read_file(d / "old") == b"new content"
+    assert not (d / "new").exists()
+    assert os.stat(d / "old").st_ino == ino_new, "the moved file keeps its identity"
+    assert view.names(d.name) == ["old"]
+    assert view.content(f"{d.name}/old") == b"new content"
+
+
+def test_readdir_thousands(d: Path) -> None:
+    names = {f"file-{i:05d}-{'é' if i % 7 == 0 else 'x'}{'y' * (i % 40)}" for i in range(3000)}
+    os.mkdir(d / "big")
+    for name in names:
+        os.close(os.open(d / "big" / name, os.O_CREAT | os.O_WRONLY, 0o644))
+    os.mkdir(d / "big" / "zz-subdir")
+    listed = os.listdir(d / "big")
+    assert len(listed) == len(set(listed)), "readdir returned duplicates"
+    assert set(listed) == names | {"zz-subdir"}, (
+        f"missing {sorted(names - set(listed))[:5]}, extra {sorted(set(listed) - names)[:5]}"
+    )
+    with os.scandir(d / "big") as it:
+        kinds = {
+            e.name: (e.is_file(follow_symlinks=False), e.is_dir(follow_symlinks=False)) for e in it
+        }
+    assert kinds["zz-subdir"] == (False, True)
+    assert all(kinds[n] == (True, False) for n in names), "d_type of files"
+
+
+@pytest.mark.slow
+def test_readdir_thousands_after_remount(mount: Any) -> None:
+    """A fresh client lists a folder bigger than one server page (pages of ≤ 5000)."""
+    view = ServerView(mount.server, mount.user)
+    big = Path(mount.path) / "big"
+    os.mkdir(big)
+    names = {f"n{i:05d}" for i in range(5200)}
+    for name in names:
+        os.close(os.open(big / name, os.O_CREAT | os.O_WRONLY, 0o644))
+    assert len(view.names("big")) == len(names), "server did not get every create"
+    mount.remount()
+    listed = os.listdir(big)
+    assert len(listed) == len(names) and set(listed) == names, (
+        f"after remount: {len(listed)} entries, missing {sorted(names - set(listed))[:5]}"
+    )
+
+
+def test_unlinked_file_readable_through_open_descriptor(d: Path, view: ServerView) -> None:
+    data = det_bytes("unlinked", 2 * MiB + 1)
+    write_file(d / "f", data)
+    fd = os.open(d / "f", os.O_RDONLY)
+    wfd = os.open(d / "f", os.O_RDWR)
+    try:
+        os.unlink(d / "f")
+        assert not (d / "f").exists()
+        assert os.listdir(d) == []
+        assert os.fstat(fd).st_size == len(data)
+        assert os.pread(fd, len(data) + 10, 0) == data, "read after unlink"
+        # still writable and readable through the other descriptor
+        os.pwrite(wfd, b"LATE", 0)
+        assert os.pread(fd, 4, 0) == b"LATE"
+        # the name is free again and a new file there is a different one
+        write_file(d / "f", b"another")
+        assert read_file(d / "f") == b"another"
+        assert os.pread(fd, 8, 0) == b"LATE" + data[4:8]
+    finally:
+        os.close(wfd)
+        os.close(fd)
+    assert read_file(d / "f") == b"another", "closing the unlinked file must not touch the new one"
+    assert view.content(f"{d.name}/f") == b"another"
+
+
+def test_read_your_writes_across_descriptors(d: Path) -> None:
+    data = det_bytes("ryw", 1 * MiB + 333)
+    fd1 = os.open(d / "f", os.O_CREAT | os.O_RDWR, 0o644)
+    fd2 = os.open(d / "f", os.O_RDONLY)
+    try:
+        os.write(fd1, data)
+        assert os.fstat(fd2).st_size == len(data), "size seen through the second descriptor"
+        assert os.stat(d / "f").st_size == len(data), "size seen by path before close"
+        assert os.pread(fd2, len(data), 0) == data, "second descriptor must see unclosed writes"
+        fd3 = os.open(d / "f", os.O_RDWR)
+        try:
+            os.pwrite(fd3, b"ZZZ", 100)
+            assert os.pread(fd1, 3, 100) == b"ZZZ"
+        finally:
+            os.close(fd3)
+        # a reader opened by another process sees it too
+        with open(d / "f", "rb") as f:
+            assert f.read(103)[100:] == b"ZZZ"
+    finally:
+        os.close(fd1)
+        os.close(fd2)
+    assert read_file(d / "f") == data[:100] + b"ZZZ" + data[103:]
+
+
+def test_fsync_file_and_dir(d: Path, view: ServerView) -> None:
+    fd = os.open(d / "f", os.O_CREAT | os.O_WRONLY, 0o644)
+    try:
+        os.write(fd, b"synced")
+        os.fsync(fd)
+        # fsync returned: the server has it while the file is still open
+        assert view.content(f"{d.name}/f") == b"synced", "content not on the server after fsync"
+        os.write(fd, b" more")
+        os.fdatasync(fd)
+        assert view.content(f"{d.name}/f") == b"synced more"
+    finally:
+        os.close(fd)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def test_statfs(d: Path, view: ServerView) -> None:
+    sv = os.statvfs(d)
+    assert sv.f_bsize > 0 and sv.f_frsize > 0, sv
+    assert sv.f_namemax == 255, f"f_namemax: expected 255 (the protocol's name limit), got {sv}"
+    assert sv.f_blocks >= sv.f_bfree >= sv.f_bavail >= 0, sv
+
+    def used_bytes() -> int:
+        s = os.statvfs(d)
+        return (s.f_blocks - s.f_bfree) * s.f_frsize
+
+    before = used_bytes()
+    write_file(d / "big", det_bytes("statfs", 8 * MiB))
+    logical = view.get("/v1/usage")["logical_bytes"]
+    assert logical >= 8 * MiB, f"server usage after an 8 MiB file: {logical}"
+    # statfs comes from the server's usage (may be cached briefly by the client)
+    wait_for(
+        lambda: used_bytes() - before >= 7 * MiB,
+        10,
+        f"statfs used to grow by ~8 MiB (from {before})",
+    )
+    assert abs(used_bytes() - logical) <= 1 * MiB + sv.f_frsize, (
+        f"statfs used {used_bytes()} vs server logical_bytes {logical}"
+    )
+
+
+def test_st_ino_stable_across_rename_and_remount(mount: Any) -> None:
+    root = Path(mount.path)
+    os.makedirs(root / "dir" / "sub")
+    write_file(root / "dir" / "sub" / "f", b"identity")
+    os.symlink("sub/f", root / "dir" / "link")
+    inos = {p: os.lstat(root / p).st_ino for p in ("dir", "dir/sub", "dir/sub/f", "dir/link")}
+    assert len(set(inos.values())) == 4, f"distinct nodes need distinct st_ino: {inos}"
+    os.rename(root / "dir" / "sub" / "f", root / "dir" / "g")
+    assert os.stat(root / "dir" / "g").st_ino == inos["dir/sub/f"], "st_ino changed by rename"
+    os.rename(root / "dir", root / "dir2")
+    assert os.stat(root / "dir2").st_ino == inos["dir"]
+    mount.remount()
+    after = {
+        "dir": os.lstat(root / "dir2").st_ino,
+        "dir/sub": os.lstat(root / "dir2" / "sub").st_ino,
+        "dir/sub/f": os.lstat(root / "dir2" / "g").st_ino,
+        "dir/link": os.lstat(root / "dir2" / "link").st_ino,
+    }
+    assert after == inos, f"st_ino changed across remount: before {inos}, after {after}"
+    assert read_file(root / "dir2" / "g") == b"identity"
+
+
+def test_content_and_attrs_survive_remount(mount: Any) -> None:
+    root = Path(mount.path)
+    data = det_bytes("remount", 5 * MiB + 17)
+    write_file(root / "f.bin", data)
+    os.chmod(root / "f.bin", 0o600)
+    os.utime(root / "f.bin", ns=(1_700_000_000_000_000_001, 1_700_000_000_000_000_001))
+    os.symlink("f.bin", root / "link")
+    mount.remount()
+    st = os.stat(root / "f.bin")
+    assert st.st_size == len(data)
+    assert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+    assert st.st_mtime_ns == 1_700_000_000_000_000_001
+    assert os.readlink(root / "link") == "f.bin"
+    assert read_file(root / "f.bin") == data
