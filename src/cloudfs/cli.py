@@ -1,2 +1,414 @@
-def main():
-    raise SystemExit("not yet")
+"""The `cloudfs` command line (layer 5): mount, unmount, status, login.
+
+Every mistake prints one line `cloudfs: error: …` on stderr and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cloudfs import config
+from cloudfs.chunking import ChunkParams
+from cloudfs.sizes import format_size, parse_size
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """One line for the user; exit non-zero."""
+
+
+def _die(message: str, code: int = EXIT_ERROR) -> int:
+    print(f"cloudfs: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cloudfs", description="Mount a cloudfs drive.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("mount", help="mount the drive at MOUNTPOINT")
+    m.add_argument("mountpoint")
+    m.add_argument("--server", help="server URL (default: the one from `cloudfs login`)")
+    m.add_argument("--token", help="API token (or CLOUDFS_TOKEN, or `cloudfs login`)")
+    m.add_argument("--cache-dir", help="cache directory (default ~/.cache/cloudfs/SERVER/USER)")
+    m.add_argument("--cache-size", default="10G", help="cache budget, e.g. 512M or 10G")
+    m.add_argument("--device-name", default=None, help="this device's name (default: hostname)")
+    m.add_argument("--foreground", action="store_true", help="stay in the foreground")
+    m.add_argument(
+        "--chunk-size",
+        default=None,
+        help="average chunk size (default 1M; tests use tiny sizes such as 256)",
+    )
+    m.add_argument(
+        "--attr-timeout",
+        type=float,
+        default=1.0,
+        help="seconds the kernel may cache attributes and names (default 1)",
+    )
+    m.add_argument(
+        "--commit-timeout",
+        type=float,
+        default=8.0,
+        help="seconds close() tries to reach the server before queueing (default 8)",
+    )
+
+    u = sub.add_parser("unmount", help="commit everything pending, then unmount")
+    u.add_argument("mountpoint")
+    u.add_argument("--timeout", type=float, default=120.0)
+
+    s = sub.add_parser("status", help="show mounts, cache use, pending uploads and conflicts")
+    s.add_argument("mountpoint", nargs="?")
+    s.add_argument("--json", action="store_true")
+
+    login = sub.add_parser("login", help="store a server URL and token in the config file")
+    login.add_argument("server")
+    login.add_argument("--token", help="API token (or CLOUDFS_TOKEN)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "mount":
+            return cmd_mount(args)
+        if args.command == "unmount":
+            return cmd_unmount(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "login":
+            return cmd_login(args)
+    except CliError as exc:
+        return _die(str(exc))
+    except KeyboardInterrupt:
+        return _die("interrupted", 130)
+    return EXIT_USAGE
+
+
+# ---- mount ---------------------------------------------------------------------------------------
+def _chunk_params(text: str | None) -> ChunkParams:
+    if not text:
+        return ChunkParams()
+    avg = parse_size(text)
+    if avg < 256:
+        raise CliError("--chunk-size must be at least 256 bytes")
+    return ChunkParams(avg_bytes=avg, min_bytes=max(64, avg // 4), max_bytes=max(1024, avg * 4))
+
+
+def mount_options(args: argparse.Namespace) -> Any:
+    from cloudfs.mount import MountOptions
+
+    server = args.server or config.default_server()
+    if not server:
+        raise CliError("no server given: use --server URL or `cloudfs login URL --token T`")
+    token = args.token or os.environ.get("CLOUDFS_TOKEN") or config.token_for(server)
+    if not token:
+        raise CliError(f"no token for {server}: use --token, CLOUDFS_TOKEN or `cloudfs login`")
+    try:
+        size = parse_size(args.cache_size)
+        chunks = _chunk_params(args.chunk_size)
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    return MountOptions(
+        mountpoint=args.mountpoint,
+        server=server.rstrip("/"),
+        token=token,
+        cache_dir=args.cache_dir,
+        cache_size_bytes=size,
+        device=args.device_name or socket.gethostname(),
+        chunk_params=chunks,
+        attr_timeout_s=args.attr_timeout,
+        commit_budget_s=args.commit_timeout,
+        foreground=args.foreground,
+    )
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    import trio
+
+    from cloudfs.mount import MountError, check_fuse, check_mountpoint, connect, mount_main
+
+    opts = mount_options(args)
+    if opts.foreground:
+        try:
+            trio.run(mount_main, opts)
+        except MountError as exc:
+            return _die(str(exc))
+        return 0
+
+    # background: check what we can here (clear errors), then start a foreground child
+    async def preflight() -> dict[str, Any]:
+        check_fuse()
+        check_mountpoint(opts.mountpoint)
+        api, me = await connect(opts)
+        await api.aclose()
+        return me
+
+    try:
+        me = trio.run(preflight)
+    except MountError as exc:
+        return _die(str(exc))
+    cache_dir = (
+        Path(opts.cache_dir).expanduser().resolve()
+        if opts.cache_dir
+        else config.default_cache_dir(opts.server, str(me.get("user", "user")))
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    log_path = cache_dir / "mount.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "cloudfs.cli",
+        "mount",
+        os.path.abspath(opts.mountpoint),
+        "--server",
+        opts.server,
+        "--cache-dir",
+        str(cache_dir),
+        "--cache-size",
+        str(opts.cache_size_bytes),
+        "--device-name",
+        opts.device,
+        "--attr-timeout",
+        str(args.attr_timeout),
+        "--commit-timeout",
+        str(args.commit_timeout),
+        "--foreground",
+    ]
+    if args.chunk_size:
+        argv += ["--chunk-size", args.chunk_size]
+    env = dict(os.environ, CLOUDFS_TOKEN=opts.token, CLOUDFS_DAEMON="1")
+    with open(log_path, "ab") as log:
+        start = log.tell()
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            tail = log_path.read_bytes()[start:].decode(errors="replace").splitlines()
+            errs = [line for line in tail if line.startswith("cloudfs: error:")]
+            msg = (
+                errs[-1][len("cloudfs: error: ") :]
+                if errs
+                else f"the mount process exited with {child.returncode}; see {log_path}"
+            )
+            return _die(msg)
+        if os.path.ismount(opts.mountpoint):
+            print(f"mounted {opts.server} at {opts.mountpoint} (pid {child.pid}, log {log_path})")
+            return 0
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGTERM)
+    return _die(f"the mount did not come up within 30 s; see {log_path}")
+
+
+# ---- control socket client -----------------------------------------------------------------------
+def _record(mountpoint: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(config.mount_record_path(mountpoint).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _control(sock_path: str, request: dict[str, Any], timeout_s: float):  # type: ignore[no-untyped-def]
+    """Yields the JSON objects the mount answers."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout_s)
+    try:
+        s.connect(sock_path)
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                yield json.loads(line)
+    finally:
+        s.close()
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    mp = os.path.abspath(args.mountpoint)
+    if not os.path.exists(mp):
+        return _die(f"mountpoint {args.mountpoint} does not exist")
+    if not os.path.ismount(mp):
+        return _die(f"{args.mountpoint} is not mounted")
+    record = _record(mp)
+    started = time.monotonic()
+    said = ""
+    if record and _pid_alive(int(record["pid"])):
+        try:
+            for msg in _control(record["socket"], {"cmd": "drain"}, timeout_s=args.timeout):
+                if "waiting" in msg and time.monotonic() - started > 1.0 and msg["waiting"] != said:
+                    said = msg["waiting"]
+                    print(f"cloudfs: waiting for {said}", file=sys.stderr, flush=True)
+                if msg.get("done"):
+                    if msg.get("queued"):
+                        print(
+                            f"cloudfs: {msg['queued']} commits could not reach the server; "
+                            "they stay queued and are sent on the next mount",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                    break
+        except OSError as exc:
+            print(
+                f"cloudfs: could not ask the mount to commit ({exc}); unmounting anyway",
+                file=sys.stderr,
+            )
+    r = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
+    if r.returncode != 0:
+        detail = (r.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
+        if "busy" in detail.lower():
+            return _die(f"{args.mountpoint} is busy (files are open or a process is inside it)")
+        return _die(f"cannot unmount {args.mountpoint}: {detail}")
+    if record:
+        pid = int(record["pid"])
+        deadline = time.monotonic() + args.timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            if time.monotonic() - started > 1.0 and said != "exit":
+                said = "exit"
+                print(
+                    f"cloudfs: waiting for the mount process {pid} to finish",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(0.05)
+    return 0
+
+
+# ---- status --------------------------------------------------------------------------------------
+def _live_records() -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(config.runtime_dir().glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _pid_alive(int(rec.get("pid", 0))):
+            out.append(rec)
+    return out
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.mountpoint:
+        rec = _record(os.path.abspath(args.mountpoint))
+        if rec is None or not _pid_alive(int(rec["pid"])):
+            return _die(f"{args.mountpoint} is not a running cloudfs mount")
+        records = [rec]
+    else:
+        records = _live_records()
+        if not records:
+            print("no cloudfs mounts running")
+            return 0
+    statuses = []
+    for rec in records:
+        try:
+            st = next(iter(_control(rec["socket"], {"cmd": "status"}, timeout_s=10)))
+        except (OSError, StopIteration) as exc:
+            return _die(f"cannot reach the mount at {rec['mountpoint']}: {exc}")
+        statuses.append(st)
+    if args.json:
+        print(json.dumps(statuses if not args.mountpoint else statuses[0], indent=2))
+        return 0
+    for st in statuses:
+        print(render_status(st))
+    return 0
+
+
+def render_status(st: dict[str, Any]) -> str:
+    cache = st["cache"]
+    lines = [
+        f"{st['mountpoint']}: {st['server']} as {st['user']} (device {st['device']}, "
+        f"pid {st['pid']})",
+        f"  cache: {format_size(cache['used_bytes'])} used of {format_size(cache['limit_bytes'])}"
+        f" ({format_size(cache['dirty_bytes'])} not yet uploaded) in {st['cache_dir']}",
+    ]
+    if st.get("uploads_pending"):
+        lines.append(
+            f"  uploading: {st['uploads_pending']} blocks, "
+            f"{format_size(st.get('upload_bytes_pending', 0))} in flight, "
+            f"{format_size(st.get('uploaded_bytes', 0))} sent so far"
+        )
+    dirty = st.get("dirty_files") or []
+    if dirty:
+        lines.append(
+            f"  open with changes: {len(dirty)} files "
+            f"({format_size(sum(d['staged_bytes'] for d in dirty))} staged)"
+        )
+    queued = st.get("queued") or []
+    if queued:
+        lines.append(f"  pending commits (waiting for the server): {len(queued)}")
+        for q in queued[:10]:
+            lines.append(f"    {q['name']} ({format_size(q['size'])})")
+    else:
+        lines.append("  pending commits: none")
+    conflicts = st.get("conflicts") or []
+    if conflicts:
+        lines.append("  recent conflicts:")
+        for c in conflicts[:10]:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["time_ns"] / 1e9))
+            lines.append(
+                f"    {when} {c['name']} -> {c['copy']} (other device: {c.get('other_device')})"
+            )
+    else:
+        lines.append("  recent conflicts: none")
+    return "\n".join(lines)
+
+
+# ---- login ---------------------------------------------------------------------------------------
+def cmd_login(args: argparse.Namespace) -> int:
+    import trio
+
+    from cloudfs.mount import MountError, MountOptions, connect
+
+    token = args.token or os.environ.get("CLOUDFS_TOKEN")
+    if not token:
+        return _die("no token given: use --token TOKEN or CLOUDFS_TOKEN")
+    opts = MountOptions(mountpoint="", server=args.server.rstrip("/"), token=token)
+
+    async def check() -> dict[str, Any]:
+        api, me = await connect(opts)
+        await api.aclose()
+        return me
+
+    try:
+        me = trio.run(check)
+    except MountError as exc:
+        return _die(str(exc))
+    path = config.save_login(args.server, token)
+    print(f"logged in to {args.server} as {me.get('user')}; token saved in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""The HTTP client of the protocol (layer 1): one method per route, retries of temporary failures
+with backoff inside a total time budget, BLAKE3 check of every downloaded block.
+
+This is the one place where transport errors and HTTP statuses become `cloudfs.errors`.
+All methods await; none holds an LMDB transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import httpx
+import trio
+
+from cloudfs import errors
+from cloudfs.chunking import block_id_of
+from cloudfs.protocol import Node, error_from_response
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class ApiClient:
+    """Talks to one server as one user and device.
+
+    `retry_budget_s` bounds how long one call keeps retrying temporary failures (connection
+    refused, timeouts, 5xx); after it, `TemporaryError` is raised.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        token: str,
+        device: str,
+        retry_budget_s: float = 8.0,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.device = device
+        self.retry_budget_s = retry_budget_s
+        self._client = httpx.AsyncClient(
+            base_url=self.server,
+            headers={"Authorization": f"Bearer {token}", "X-Cloudfs-Device": device},
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
+        )
+        self.bytes_downloaded = 0
+        self.bytes_uploaded = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # ---- transport ---------------------------------------------------------------------------
+    async def _retrying(
+        self, what: str, call: Callable[[], Awaitable[T]], budget_s: float | None = None
+    ) -> T:
+        budget = self.retry_budget_s if budget_s is None else budget_s
+        deadline = trio.current_time() + budget
+        delay = 0.05
+        while True:
+            try:
+                return await call()
+            except errors.TemporaryError as exc:
+                now = trio.current_time()
+                if now + delay > deadline:
+                    raise
+                log.info("%s failed (%s); retrying in %.2fs", what, exc, delay)
+                await trio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | memoryview | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        try:
+            resp = await self._client.request(
+                method,
+                path,
+                json=json_body,
+                content=bytes(content) if isinstance(content, memoryview) else content,
+                params=params,
+                headers=headers,
+            )
+        except httpx.TransportError as exc:
+            raise errors.TemporaryError(
+                f"cannot reach {self.server}: {exc.__class__.__name__} {exc}"
+            ) from exc
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"message": resp.text[:200]}
+            raise error_from_response(resp.status_code, body)
+        return resp
+
+    async def _json(
+        self, method: str, path: str, budget_s: float | None = None, **kwargs: Any
+    ) -> Any:
+        async def call() -> Any:
+            resp = await self._request(method, path, **kwargs)
+            try:
+                return resp.json()
+            except ValueError as exc:
+                raise errors.ProtocolError(f"{method} {path}: answer is not JSON") from exc
+
+        return await self._retrying(f"{method} {path}", call, budget_s)
+
+    # ---- service -----------------------------------------------------------------------------
+    async def healthz(self) -> bool:
+        await self._json("GET", "/healthz", budget_s=0)
+        return True
+
+    async def me(self, budget_s: float | None = None) -> dict[str, Any]:
+        return await self._json("GET", "/v1/me", budget_s=budget_s)
+
+    async def usage(self) -> dict[str, Any]:
+        return await self._json("GET", "/v1/usage")
+
+    # ---- namespace ---------------------------------------------------------------------------
+    async def get_node(self, node_id: int, blocks: bool = False) -> Node:
+        params = {"blocks": 1} if blocks else None
+        return Node.from_json(await self._json("GET", f"/v1/nodes/{node_id}", params=params))
+
+    async def children(
+        self, node_id: int, after: str | None = None, limit: int = 1000
+    ) -> tuple[list[Node], str | None]:
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        obj = await self._json("GET", f"/v1/nodes/{node_id}/children", params=params)
+        return [Node.from_json(e) for e in obj["entries"]], obj.get("next")
+
+    async def lookup(self, parent_id: int, name: str) -> Node:
+        return Node.from_json(
+            await self._json("GET", f"/v1/nodes/{parent_id}/lookup", params={"name": name})
+        )
+
+    async def create(
+        self,
+        parent_id: int,
+        name: str,
+        kind: str,
+        mode: int | None = None,
+        mtime_ns: int | None = None,
+        target: str | None = None,
+        size: int | None = None,
+        blocks: list[tuple[str, int]] | None = None,
+    ) -> Node:
+        body: dict[str, Any] = {"name": name, "type": kind}
+        for key, val in (
+            ("mode", mode),
+            ("mtime_ns", mtime_ns),
+            ("target", target),
+            ("size", size),
+        ):
+            if val is not None:
+                body[key] = val
+        if blocks is not None:
+            body["blocks"] = [list(b) for b in blocks]
+        return Node.from_json(
+            await self._json("POST", f"/v1/nodes/{parent_id}/children", json_body=body)
+        )
+
+    async def commit(
+        self,
+        node_id: int,
+        base_version: int,
+        size: int,
+        blocks: list[tuple[str, int]],
+        mtime_ns: int | None = None,
+        budget_s: float | None = None,
+    ) -> Node:
+        body: dict[str, Any] = {
+            "base_version": base_version,
+            "size": size,
+            "blocks": [list(b) for b in blocks],
+        }
+        if mtime_ns is not None:
+            body["mtime_ns"] = mtime_ns
+        return Node.from_json(
+            await self._json(
+                "PUT", f"/v1/nodes/{node_id}/content", json_body=body, budget_s=budget_s
+            )
+        )
+
+    async def patch(
+        self, node_id: int, mode: int | None = None, mtime_ns: int | None = None
+    ) -> Node:
+        body: dict[str, Any] = {}
+        if mode is not None:
+            body["mode"] = mode
+        if mtime_ns is not None:
+            body["mtime_ns"] = mtime_ns
+        return Node.from_json(await self._json("PATCH", f"/v1/nodes/{node_id}", json_body=body))
+
+    async def move(
+        self, node_id: int, parent_id: int, name: str, replace: bool
+    ) -> tuple[Node, int | None]:
+        obj = await self._json(
+            "POST",
+            f"/v1/nodes/{node_id}/move",
+            json_body={"parent": parent_id, "name": name, "replace": replace},
+        )
+        replaced = obj.get("replaced")
+        return Node.from_json(obj["node"]), None if replaced is None else int(replaced)
+
+    async def delete(self, node_id: int) -> bool:
+        return bool((await self._json("DELETE", f"/v1/nodes/{node_id}")).get("trashed"))
+
+    async def changes(
+        self, cursor: int | str, wait_s: float = 0, limit: int = 1000
+    ) -> dict[str, Any]:
+        params: dict[str, Any] = {"cursor": cursor, "limit": limit}
+        if wait_s:
+            params["wait"] = wait_s
+        return await self._json("GET", "/v1/changes", params=params)
+
+    # ---- blocks ------------------------------------------------------------------------------
+    async def missing_blocks(self, block_ids: list[str]) -> list[str]:
+        out: list[str] = []
+        for i in range(0, len(block_ids), 10_000):
+            obj = await self._json(
+                "POST", "/v1/blocks/missing", json_body={"block_ids": block_ids[i : i + 10_000]}
+            )
+            out.extend(obj["missing"])
+        return out
+
+    async def put_block(self, block_id: str, data: bytes | memoryview) -> bool:
+        """Upload one block (idempotent). Returns True if the server stored new bytes."""
+        obj = await self._json(
+            "PUT",
+            f"/v1/blocks/{block_id}",
+            content=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        self.bytes_uploaded += len(data)
+        return bool(obj.get("stored"))
+
+    async def get_block(self, block_id: str) -> bytes:
+        """Download one block and check it hashes to its id.
+
+        Raises:
+            CorruptBlockError: the bytes do not hash to `block_id` (caller may refetch once).
+            NodeNotFoundError: the block is not available to this user.
+        """
+
+        async def call() -> bytes:
+            resp = await self._request("GET", f"/v1/blocks/{block_id}")
+            return resp.content
+
+        data = await self._retrying(f"GET block {block_id[:12]}", call)
+        self.bytes_downloaded += len(data)
+        if await trio.to_thread.run_sync(block_id_of, data) != block_id:
+            raise errors.CorruptBlockError(f"block {block_id} from the server failed verification")
+        return data

@@ -1,0 +1,365 @@
+"""The local LMDB store of one mount (layer 1, synchronous): block cache with a byte budget and LRU
+eviction of clean blocks, node metadata, the durable commit queue, recent conflicts and small state.
+
+Key layout (docs/client.md, "Cache key layout"):
+    blocks     raw 32-byte BLAKE3 digest            -> block bytes
+    binfo      raw digest                  -> u64 size, u8 state (0 clean 1 dirty), u64 tick
+    nodes      u64be node id                        -> node JSON (metadata cache)
+    entries    u64be parent id + UTF-8 name         -> u64be child id
+    queue      u64be node id                        -> pending commit JSON (survives restarts)
+    conflicts  u64be time_ns                        -> conflict JSON
+    state      ASCII key                            -> JSON value (counters, change cursor)
+
+Invariants: `used_bytes` is the sum of sizes of stored blocks; dirty blocks (not yet on the server)
+are never evicted; every write is one transaction that never spans an await (there are none here).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from cloudfs import errors
+from cloudfs.chunking import block_id_of
+
+log = logging.getLogger(__name__)
+
+CLEAN = 0
+DIRTY = 1
+_INFO = struct.Struct(">QBQ")
+_U64 = struct.Struct(">Q")
+
+
+def _key(block_id: str) -> bytes:
+    return bytes.fromhex(block_id)
+
+
+def _u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+class LocalCache:
+    """One LMDB environment in `path`. Not thread-safe for writes; call from the event loop
+    (or from one worker thread at a time)."""
+
+    def __init__(self, path: Path, limit_bytes: int) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.limit_bytes = limit_bytes
+        map_size = max(limit_bytes + limit_bytes // 2 + (512 << 20), 1 << 30)
+        self.env = lmdb.open(
+            str(self.path),
+            map_size=map_size,
+            max_dbs=16,
+            sync=False,
+            metasync=False,
+            writemap=False,
+            readahead=True,
+            max_readers=256,
+            lock=True,
+        )
+        self.blocks = self.env.open_db(b"blocks")
+        self.binfo = self.env.open_db(b"binfo")
+        self.nodes = self.env.open_db(b"nodes")
+        self.entries = self.env.open_db(b"entries")
+        self.queue = self.env.open_db(b"queue")
+        self.conflicts = self.env.open_db(b"conflicts")
+        self.state = self.env.open_db(b"state")
+        self._lru: OrderedDict[str, int] = OrderedDict()  # clean blocks, oldest first
+        self._verified: set[str] = set()  # blocks rehashed since this process opened the cache
+        self.used_bytes = 0
+        self.dirty_bytes = 0
+        self._tick = 0
+        self._load()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def _load(self) -> None:
+        clean: list[tuple[int, str, int]] = []
+        with self.env.begin(db=self.binfo) as txn:
+            for key, val in txn.cursor():
+                size, state, tick = _INFO.unpack(val)
+                self.used_bytes += size
+                self._tick = max(self._tick, tick)
+                if state == DIRTY:
+                    self.dirty_bytes += size
+                else:
+                    clean.append((tick, bytes(key).hex(), size))
+        clean.sort()
+        for _, block_id, size in clean:
+            self._lru[block_id] = size
+
+    def close(self) -> None:
+        self.persist_lru()
+        self.env.sync(True)
+        self.env.close()
+
+    def sync(self) -> None:
+        """Make everything committed so far durable (fsync). Called before acknowledging a
+        queued commit to the kernel."""
+        self.env.sync(True)
+
+    def persist_lru(self) -> None:
+        """Write the in-memory access order back as ticks, so LRU survives a remount."""
+        with self.env.begin(write=True, db=self.binfo) as txn:
+            for block_id, size in self._lru.items():
+                self._tick += 1
+                txn.put(_key(block_id), _INFO.pack(size, CLEAN, self._tick))
+
+    # ---- blocks ------------------------------------------------------------------------------
+    def has_block(self, block_id: str) -> bool:
+        with self.env.begin(db=self.binfo) as txn:
+            return txn.get(_key(block_id)) is not None
+
+    def get_block(self, block_id: str, start: int = 0, end: int | None = None) -> bytes | None:
+        """Bytes `[start:end)` of a cached block, or None if absent. The first access in this
+        process rehashes the whole block; a block that fails is dropped (the caller refetches)."""
+        key = _key(block_id)
+        with self.env.begin(db=self.blocks, buffers=True) as txn:
+            buf = txn.get(key)
+            if buf is None:
+                return None
+            if block_id not in self._verified:
+                if block_id_of(buf) != block_id:
+                    corrupt = True
+                else:
+                    corrupt = False
+                    self._verified.add(block_id)
+            else:
+                corrupt = False
+            data = None if corrupt else bytes(buf[start:end])
+        if corrupt:
+            log.warning("cached block %s failed verification; dropping it", block_id)
+            self.drop_blocks([block_id], force=True)
+            return None
+        if block_id in self._lru:
+            self._lru.move_to_end(block_id)
+        return data
+
+    def put_clean(self, block_id: str, data: bytes | memoryview) -> bool:
+        """Cache a block the server has. Evicts LRU clean blocks to stay within the budget;
+        returns False (and stores nothing) if dirty data leaves no room."""
+        size = len(data)
+        if block_id in self._lru or size > self.limit_bytes:
+            return block_id in self._lru
+        if not self._make_room(size):
+            return False
+        key = _key(block_id)
+        with self.env.begin(write=True) as txn:
+            if txn.get(key, db=self.binfo) is not None:
+                return True
+            self._tick += 1
+            txn.put(key, data, db=self.blocks)
+            txn.put(key, _INFO.pack(size, CLEAN, self._tick), db=self.binfo)
+        self.used_bytes += size
+        self._lru[block_id] = size
+        self._verified.add(block_id)
+        return True
+
+    def put_dirty(self, items: Iterable[tuple[str, bytes | memoryview]]) -> int:
+        """Store blocks that are not yet on the server, pinned until `mark_clean`. One transaction.
+        A block already cached clean stays clean. Returns the bytes newly stored.
+
+        Raises:
+            QuotaExceededError: dirty data alone would exceed the cache budget.
+        """
+        new: dict[str, bytes | memoryview] = {}
+        with self.env.begin(db=self.binfo) as txn:
+            for block_id, data in items:
+                if block_id not in new and txn.get(_key(block_id)) is None:
+                    new[block_id] = data
+        need = sum(len(d) for d in new.values())
+        if not need:
+            return 0
+        if not self._make_room(need):
+            raise errors.QuotaExceededError(
+                f"local cache full: {self.dirty_bytes} bytes not yet uploaded, "
+                f"limit {self.limit_bytes}"
+            )
+        with self.env.begin(write=True) as txn:
+            for block_id, data in new.items():
+                key = _key(block_id)
+                self._tick += 1
+                txn.put(key, data, db=self.blocks)
+                txn.put(key, _INFO.pack(len(data), DIRTY, self._tick), db=self.binfo)
+        self.used_bytes += need
+        self.dirty_bytes += need
+        self._verified.update(new)
+        return need
+
+    def mark_clean(self, block_ids: Iterable[str]) -> None:
+        """The server has these blocks now: make them evictable (one transaction)."""
+        changed: list[tuple[str, int]] = []
+        with self.env.begin(write=True, db=self.binfo) as txn:
+            for block_id in set(block_ids):
+                key = _key(block_id)
+                val = txn.get(key)
+                if val is None:
+                    continue
+                size, state, tick = _INFO.unpack(val)
+                if state == DIRTY:
+                    txn.put(key, _INFO.pack(size, CLEAN, tick))
+                    changed.append((block_id, size))
+        for block_id, size in changed:
+            self.dirty_bytes -= size
+            self._lru[block_id] = size
+
+    def is_dirty(self, block_id: str) -> bool:
+        with self.env.begin(db=self.binfo) as txn:
+            val = txn.get(_key(block_id))
+        return val is not None and _INFO.unpack(val)[1] == DIRTY
+
+    def dirty_block_ids(self) -> list[str]:
+        out = []
+        with self.env.begin(db=self.binfo) as txn:
+            for key, val in txn.cursor():
+                if _INFO.unpack(val)[1] == DIRTY:
+                    out.append(bytes(key).hex())
+        return out
+
+    def drop_blocks(self, block_ids: Iterable[str], force: bool = False) -> None:
+        """Remove blocks (clean ones; dirty ones only with `force`, e.g. when corrupt or
+        no longer referenced by anything pending)."""
+        with self.env.begin(write=True) as txn:
+            for block_id in block_ids:
+                key = _key(block_id)
+                val = txn.get(key, db=self.binfo)
+                if val is None:
+                    continue
+                size, state, _ = _INFO.unpack(val)
+                if state == DIRTY and not force:
+                    continue
+                txn.delete(key, db=self.binfo)
+                txn.delete(key, db=self.blocks)
+                self.used_bytes -= size
+                if state == DIRTY:
+                    self.dirty_bytes -= size
+                self._lru.pop(block_id, None)
+                self._verified.discard(block_id)
+
+    def evict_all_clean(self) -> int:
+        """Drop every clean block (tests, `cloudfs` maintenance). Returns the count."""
+        ids = list(self._lru)
+        self.drop_blocks(ids)
+        return len(ids)
+
+    def _make_room(self, size: int) -> bool:
+        if self.used_bytes + size <= self.limit_bytes:
+            return True
+        victims: list[str] = []
+        freed = 0
+        for block_id, bsize in self._lru.items():
+            if self.used_bytes - freed + size <= self.limit_bytes:
+                break
+            victims.append(block_id)
+            freed += bsize
+        if self.used_bytes - freed + size > self.limit_bytes:
+            return False
+        self.drop_blocks(victims)
+        return True
+
+    def verify(self) -> list[str]:
+        """Ids of cached blocks that do not rehash to their key (empty when healthy)."""
+        bad = []
+        with self.env.begin(db=self.blocks, buffers=True) as txn:
+            for key, val in txn.cursor():
+                if block_id_of(val) != bytes(key).hex():
+                    bad.append(bytes(key).hex())
+        return bad
+
+    def statistics(self) -> dict[str, int]:
+        return {
+            "used_bytes": self.used_bytes,
+            "dirty_bytes": self.dirty_bytes,
+            "limit_bytes": self.limit_bytes,
+            "clean_blocks": len(self._lru),
+        }
+
+    # ---- metadata ----------------------------------------------------------------------------
+    def put_node(self, node_json: dict[str, Any]) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(_u64(node_json["id"]), json.dumps(node_json).encode(), db=self.nodes)
+            if node_json.get("parent") is not None:
+                txn.put(
+                    _u64(node_json["parent"]) + node_json["name"].encode(),
+                    _u64(node_json["id"]),
+                    db=self.entries,
+                )
+
+    def get_node(self, node_id: int) -> dict[str, Any] | None:
+        with self.env.begin(db=self.nodes) as txn:
+            raw = txn.get(_u64(node_id))
+        return None if raw is None else json.loads(raw)
+
+    def get_entry(self, parent_id: int, name: str) -> int | None:
+        with self.env.begin(db=self.entries) as txn:
+            raw = txn.get(_u64(parent_id) + name.encode())
+        return None if raw is None else _U64.unpack(raw)[0]
+
+    def drop_node(self, node_id: int) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(_u64(node_id), db=self.nodes)
+            if raw is not None:
+                obj = json.loads(raw)
+                if obj.get("parent") is not None:
+                    ekey = _u64(obj["parent"]) + obj["name"].encode()
+                    if txn.get(ekey, db=self.entries) == _u64(node_id):
+                        txn.delete(ekey, db=self.entries)
+                txn.delete(_u64(node_id), db=self.nodes)
+
+    def drop_entry(self, parent_id: int, name: str) -> None:
+        with self.env.begin(write=True, db=self.entries) as txn:
+            txn.delete(_u64(parent_id) + name.encode())
+
+    # ---- commit queue ------------------------------------------------------------------------
+    def put_queued(self, node_id: int, entry: dict[str, Any]) -> None:
+        with self.env.begin(write=True, db=self.queue) as txn:
+            txn.put(_u64(node_id), json.dumps(entry).encode())
+        self.sync()
+
+    def get_queued(self, node_id: int) -> dict[str, Any] | None:
+        with self.env.begin(db=self.queue) as txn:
+            raw = txn.get(_u64(node_id))
+        return None if raw is None else json.loads(raw)
+
+    def queued(self) -> list[dict[str, Any]]:
+        with self.env.begin(db=self.queue) as txn:
+            return [json.loads(v) for _, v in txn.cursor()]
+
+    def drop_queued(self, node_id: int, clean_ids: Iterable[str] = ()) -> None:
+        """Remove a queue entry and mark its blocks clean, in one transaction."""
+        ids = list(clean_ids)
+        with self.env.begin(write=True, db=self.queue) as txn:
+            txn.delete(_u64(node_id))
+        self.mark_clean(ids)
+
+    # ---- conflicts and state -----------------------------------------------------------------
+    def add_conflict(self, time_ns: int, record: dict[str, Any]) -> None:
+        with self.env.begin(write=True, db=self.conflicts) as txn:
+            txn.put(_u64(time_ns), json.dumps(record).encode())
+
+    def recent_conflicts(self, limit: int = 10) -> list[dict[str, Any]]:
+        out = []
+        with self.env.begin(db=self.conflicts) as txn:
+            cur = txn.cursor()
+            if cur.last():
+                for _, val in cur.iterprev():
+                    out.append(json.loads(val))
+                    if len(out) >= limit:
+                        break
+        return out
+
+    def get_state(self, key: str) -> Any:
+        with self.env.begin(db=self.state) as txn:
+            raw = txn.get(key.encode())
+        return None if raw is None else json.loads(raw)
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self.env.begin(write=True, db=self.state) as txn:
+            txn.put(key.encode(), json.dumps(value).encode())
