@@ -1,0 +1,203 @@
+"""The aiohttp app factory: configuration, typed app state, stores in cleanup_ctx, middleware.
+
+`create_app(config)` builds an app with its own stores; nothing is module-level state, so tests can
+run several apps side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from cloudfs_server.auth import bearer_token
+from cloudfs_server.blockstore import BlockStore
+from cloudfs_server.blockstore_dir import DirBlockStore
+from cloudfs_server.errors import ServerError, UnauthorizedError
+from cloudfs_server.gclock import GcLock
+from cloudfs_server.meta import MetadataStore
+from cloudfs_server.meta_sqlite import SqliteMetadataStore
+from cloudfs_server.model import UserInfo
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+DAY_NS = 86_400 * 10**9
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    retention_days: float = 30.0
+    purge_interval_s: float = 3600.0
+    block_max_bytes: int = 16 * MiB
+    json_max_bytes: int = 32 * MiB
+    metadata_threads: int = 4
+    synchronous: str = "FULL"
+
+
+def open_stores(config: ServerConfig) -> tuple[MetadataStore, BlockStore, GcLock]:
+    """The engines for a data dir (not yet opened). The one place engines are chosen."""
+    data = Path(config.data_dir)
+    meta = SqliteMetadataStore(
+        data / "meta.sqlite3", threads=config.metadata_threads, synchronous=config.synchronous
+    )
+    return meta, DirBlockStore(data), GcLock(data / "gc.lock")
+
+
+class ChangeNotifier:
+    """Wakes long-polls of a user after a change is committed (one process only)."""
+
+    def __init__(self) -> None:
+        self._generation: dict[int, int] = {}
+        self._cond: asyncio.Condition | None = None
+        self.closing = False
+
+    @property
+    def cond(self) -> asyncio.Condition:
+        if self._cond is None:
+            self._cond = asyncio.Condition()
+        return self._cond
+
+    def generation(self, user_id: int) -> int:
+        return self._generation.get(user_id, 0)
+
+    async def notify(self, user_id: int) -> None:
+        async with self.cond:
+            self._generation[user_id] = self.generation(user_id) + 1
+            self.cond.notify_all()
+
+    async def wait(self, user_id: int, seen: int, timeout_s: float) -> None:
+        """Return when the user's generation moved past `seen`, on shutdown, or after the wait."""
+        async with self.cond:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.cond.wait_for(lambda: self.closing or self.generation(user_id) != seen),
+                    timeout_s,
+                )
+
+    async def close(self) -> None:
+        async with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+
+
+CONFIG = web.AppKey("config", ServerConfig)
+META = web.AppKey("meta", MetadataStore)
+BLOCKS = web.AppKey("blocks", BlockStore)
+GC_LOCK = web.AppKey("gc_lock", GcLock)
+NOTIFIER = web.AppKey("notifier", ChangeNotifier)
+USER = "cloudfs_user"  # request key of the authenticated UserInfo
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own HTTP errors (unknown route, wrong method, body over client_max_size) → our codes.
+HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def error_json(status: int, body: dict[str, object]) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one translator from exceptions to status + JSON body."""
+    try:
+        return await handler(request)
+    except ServerError as exc:
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc.message)
+        return error_json(exc.status, exc.body())
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_CODES.get(exc.status, "http_error")
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):
+            message = f"request body is over the limit of {exc.max_size} bytes"  # type: ignore[attr-defined]
+        else:
+            message = exc.reason
+        return error_json(exc.status, {"error": code, "message": message})
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return error_json(500, {"error": "internal", "message": "internal server error"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every route under /v1 needs a valid bearer token; the user goes to request[USER]."""
+    if request.path.startswith("/v1/") or request.path == "/v1":
+        token = bearer_token(request.headers.get("Authorization"))
+        user = await request.app[META].authenticate(token)
+        if user is None:
+            raise UnauthorizedError("the token is not valid")
+        request[USER] = user
+    return await handler(request)
+
+
+def current_user(request: web.Request) -> UserInfo:
+    user: UserInfo = request[USER]
+    return user
+
+
+async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    meta, blocks, gc_lock = open_stores(config)
+    await meta.open()
+    await blocks.open()
+    app[META], app[BLOCKS], app[GC_LOCK] = meta, blocks, gc_lock
+    try:
+        yield
+    finally:
+        await blocks.close()
+        await meta.close()
+
+
+async def _purge_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Purge history and trash past retention every `purge_interval_s` while serving."""
+    config = app[CONFIG]
+
+    async def purge_task() -> None:
+        while True:
+            await asyncio.sleep(config.purge_interval_s)
+            try:
+                versions, trashed = await app[META].purge(int(config.retention_days * DAY_NS))
+            except ServerError:
+                log.exception("purge failed")
+                continue
+            if versions or trashed:
+                log.info("purged %d old versions and %d trashed nodes", versions, trashed)
+
+    task = asyncio.create_task(purge_task(), name="PurgeTask")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _wake_long_polls(app: web.Application) -> None:
+    await app[NOTIFIER].close()
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    from cloudfs_server import routes  # routes import app keys from here
+
+    app = web.Application(
+        client_max_size=config.json_max_bytes,
+        middlewares=[error_middleware, auth_middleware],
+    )
+    app[CONFIG] = config
+    app[NOTIFIER] = ChangeNotifier()
+    app.cleanup_ctx.append(_stores_ctx)
+    app.cleanup_ctx.append(_purge_ctx)
+    app.on_shutdown.append(_wake_long_polls)
+    routes.setup(app)
+    return app

@@ -1,0 +1,120 @@
+"""The server's one exception tree; `middleware.error_middleware` translates it to HTTP.
+
+Tree (every class carries its protocol `code` and HTTP `status`; see docs/protocol.md):
+
+    ServerError                      base; never raised itself
+    ├── UnauthorizedError      401   no or bad bearer token. Retry only with another token.
+    ├── BadRequestError        400   malformed JSON, wrong types, missing fields. Never retryable.
+    │   ├── InvalidNameError   400   a name breaks a rule (the message names it)
+    │   ├── NameTooLongError   400   a name over 255 UTF-8 bytes
+    │   ├── BadBlockIdError    400   not 64 lowercase hex chars
+    │   └── HashMismatchError  400   an uploaded body does not hash to its address
+    ├── NotFoundError          404   no such node/block/version, or another user's
+    ├── ConflictError          409   base of the namespace / content conflicts:
+    │   ├── ExistsError              name taken (`node` = the existing node)
+    │   ├── NotEmptyError            directory not empty
+    │   ├── NotDirError              parent or target is not a directory
+    │   ├── IsDirError               file operation on a directory
+    │   ├── InvalidMoveError         directory into its own subtree, or the root
+    │   ├── VersionConflictError     base version not current (retry after a merge)
+    │   └── MissingBlocksError       blocks not available (upload them, then retry)
+    ├── CursorExpiredError     410   change log compacted past the cursor (rescan)
+    ├── TooLargeError          413   body over the limit
+    ├── QuotaExceededError     507   a commit would exceed the user's quota
+    └── StoreCorruptError      500   the stores disagree with themselves (fsck needed)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServerError(Exception):
+    """Base of every error the server raises on purpose."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.details}
+
+
+class UnauthorizedError(ServerError):
+    code, status = "unauthorized", 401
+
+
+class BadRequestError(ServerError):
+    code, status = "bad_request", 400
+
+
+class InvalidNameError(BadRequestError):
+    code = "invalid_name"
+
+
+class NameTooLongError(BadRequestError):
+    code = "name_too_long"
+
+
+class BadBlockIdError(BadRequestError):
+    code = "bad_block_id"
+
+
+class HashMismatchError(BadRequestError):
+    code = "hash_mismatch"
+
+
+class NotFoundError(ServerError):
+    code, status = "not_found", 404
+
+
+class ConflictError(ServerError):
+    code, status = "conflict", 409
+
+
+class ExistsError(ConflictError):
+    code = "exists"
+
+
+class NotEmptyError(ConflictError):
+    code = "not_empty"
+
+
+class NotDirError(ConflictError):
+    code = "not_a_directory"
+
+
+class IsDirError(ConflictError):
+    code = "is_a_directory"
+
+
+class InvalidMoveError(ConflictError):
+    code = "invalid_move"
+
+
+class VersionConflictError(ConflictError):
+    code = "version_conflict"
+
+
+class MissingBlocksError(ConflictError):
+    code = "missing_blocks"
+
+
+class CursorExpiredError(ServerError):
+    code, status = "cursor_expired", 410
+
+
+class TooLargeError(ServerError):
+    code, status = "too_large", 413
+
+
+class QuotaExceededError(ServerError):
+    code, status = "quota_exceeded", 507
+
+
+class StoreCorruptError(ServerError):
+    code, status = "store_corrupt", 500

@@ -1,0 +1,56 @@
+"""The gc lock: uploads hold it shared while publishing, gc exclusive while deleting.
+
+A `fcntl.flock` on `DATA/gc.lock`, so it also excludes a `cloudfs-server gc` run from another
+process. Acquisition runs in a worker thread: the event loop never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+
+def _release_late(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled() and fut.exception() is None:
+        os.close(fut.result())
+
+
+class GcLock:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def _acquire(self, operation: int) -> int:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, operation)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @asynccontextmanager
+    async def _held(self, operation: int) -> AsyncIterator[None]:
+        # Each holder opens its own descriptor: flock locks belong to open file descriptions,
+        # so shared holders in one process do not interfere with each other.
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, self._acquire, operation)
+        try:
+            fd = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # The thread may still get the lock; release it when it does.
+            fut.add_done_callback(_release_late)
+            raise
+        try:
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def shared(self) -> AbstractAsyncContextManager[None]:
+        return self._held(fcntl.LOCK_SH)
+
+    def exclusive(self) -> AbstractAsyncContextManager[None]:
+        return self._held(fcntl.LOCK_EX)

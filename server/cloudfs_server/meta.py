@@ -1,0 +1,206 @@
+"""The metadata interface the routes, CLI, fsck and gc call; engines implement it.
+
+Contract for every engine:
+- Every method is a coroutine and never blocks the event loop (the SQLite engine runs each call
+  in a worker thread; a PostgreSQL engine would use an async driver).
+- Every write is one transaction: it happens completely or not at all.
+- A node id of another user, or a trashed node outside the trash routes, raises `NotFoundError`
+  exactly like a missing one.
+- Methods that change the namespace append to the user's change log in the same transaction;
+  the caller wakes long-polls afterwards (`ChangeNotifier.notify`).
+"""
+
+from __future__ import annotations
+
+import abc
+
+from cloudfs_server.model import (
+    BlockList,
+    ChangePage,
+    FsckReport,
+    Node,
+    ServerUsage,
+    Usage,
+    UserInfo,
+    VersionInfo,
+)
+
+
+class MetadataStore(abc.ABC):
+    # ---- lifecycle -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Create or migrate the schema. Idempotent."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close every connection. No call may follow."""
+
+    # ---- users ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_user(self, name: str, quota_bytes: int | None) -> tuple[UserInfo, str]:
+        """Create a user with an empty root; return it and its new token (shown once).
+
+        Raises: ExistsError if the name is taken.
+        """
+
+    @abc.abstractmethod
+    async def list_users(self) -> list[UserInfo]: ...
+
+    @abc.abstractmethod
+    async def reset_token(self, name: str) -> str:
+        """Replace a user's token; the old one stops working. Raises: NotFoundError."""
+
+    @abc.abstractmethod
+    async def set_quota(self, name: str, quota_bytes: int | None) -> None: ...
+
+    @abc.abstractmethod
+    async def authenticate(self, token: str) -> UserInfo | None:
+        """The user owning `token`, or None."""
+
+    @abc.abstractmethod
+    async def usage(self, user_id: int) -> Usage: ...
+
+    @abc.abstractmethod
+    async def server_usage(self) -> ServerUsage: ...
+
+    # ---- blocks --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def record_upload(self, user_id: int, block_id: str, size: int) -> bool:
+        """Upsert the block row (refreshing its upload time) and make it available to the user.
+
+        Must be called while holding the shared gc lock, after the block file is durable.
+        Returns True if the block was new to the server.
+        """
+
+    @abc.abstractmethod
+    async def missing_blocks(self, user_id: int, block_ids: list[str]) -> list[str]:
+        """The ids of `block_ids` not available to the user, in request order."""
+
+    @abc.abstractmethod
+    async def available_block_size(self, user_id: int, block_id: str) -> int | None:
+        """The block's size if it is available to the user, else None."""
+
+    # ---- namespace -----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_node(self, user_id: int, node_id: int, with_blocks: bool = False) -> Node: ...
+
+    @abc.abstractmethod
+    async def list_children(
+        self, user_id: int, node_id: int, after: str | None, limit: int
+    ) -> tuple[list[Node], str | None]:
+        """Live children sorted by UTF-8 name bytes after `after`; and the next `after`."""
+
+    @abc.abstractmethod
+    async def lookup(self, user_id: int, parent: int, name: str) -> Node: ...
+
+    @abc.abstractmethod
+    async def create_node(
+        self,
+        user_id: int,
+        parent: int,
+        name: str,
+        kind: str,
+        mode: int | None,
+        mtime_ns: int | None,
+        target: str | None,
+        size: int,
+        blocks: BlockList,
+        device: str,
+    ) -> Node:
+        """Create a dir, symlink, or file (version 1 with `blocks`).
+
+        Raises: NotFoundError, NotDirError, ExistsError (with `node`), MissingBlocksError,
+        QuotaExceededError.
+        """
+
+    @abc.abstractmethod
+    async def commit(
+        self,
+        user_id: int,
+        node_id: int,
+        base_version: int,
+        size: int,
+        blocks: BlockList,
+        mtime_ns: int | None,
+        device: str,
+    ) -> Node:
+        """New content version `base_version + 1`; the previous one becomes history.
+
+        Raises: NotFoundError, IsDirError, MissingBlocksError, VersionConflictError,
+        QuotaExceededError.
+        """
+
+    @abc.abstractmethod
+    async def setattr(
+        self, user_id: int, node_id: int, mode: int | None, mtime_ns: int | None, device: str
+    ) -> Node: ...
+
+    @abc.abstractmethod
+    async def move(
+        self, user_id: int, node_id: int, parent: int, name: str, replace: bool, device: str
+    ) -> tuple[Node, int | None]:
+        """Rename/move, optionally replacing the target; returns the node and the replaced id."""
+
+    @abc.abstractmethod
+    async def delete(self, user_id: int, node_id: int, device: str) -> bool:
+        """Trash a file/symlink (True) or remove an empty directory (False)."""
+
+    # ---- history and trash ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def list_versions(self, user_id: int, node_id: int) -> list[VersionInfo]: ...
+
+    @abc.abstractmethod
+    async def get_version(self, user_id: int, node_id: int, version: int) -> VersionInfo: ...
+
+    @abc.abstractmethod
+    async def restore_version(
+        self, user_id: int, node_id: int, version: int, device: str
+    ) -> Node: ...
+
+    @abc.abstractmethod
+    async def list_trash(self, user_id: int) -> list[Node]: ...
+
+    @abc.abstractmethod
+    async def restore_trash(
+        self, user_id: int, node_id: int, parent: int | None, name: str | None, device: str
+    ) -> Node: ...
+
+    @abc.abstractmethod
+    async def purge(self, retention_ns: int) -> tuple[int, int]:
+        """Drop history superseded and trash deleted more than `retention_ns` ago.
+
+        Returns (versions dropped, trashed nodes dropped).
+        """
+
+    # ---- change log ----------------------------------------------------------------------
+    @abc.abstractmethod
+    async def changes(self, user_id: int, cursor: int | None, limit: int) -> ChangePage:
+        """Changes with seq > cursor (None: 'latest', no changes).
+
+        Raises: CursorExpiredError if the log was compacted past `cursor` or it is ahead.
+        """
+
+    @abc.abstractmethod
+    async def compact_log(self, keep_last: int | None, older_than_ns: int | None) -> int:
+        """Drop change rows (per user: all but the last `keep_last`, or older than a time)."""
+
+    # ---- maintenance ---------------------------------------------------------------------
+    @abc.abstractmethod
+    async def collect_garbage(self, uploaded_before_ns: int) -> list[tuple[str, int]]:
+        """Delete rows of unreferenced blocks uploaded before the time (and their availability).
+
+        Must be called while holding the exclusive gc lock; the caller then deletes the files.
+        """
+
+    @abc.abstractmethod
+    async def all_blocks(self) -> list[tuple[str, int, int]]:
+        """Every block row as (block_id, size, refcount)."""
+
+    @abc.abstractmethod
+    async def check(self, repair: bool, lost_blocks: set[str]) -> FsckReport:
+        """Check metadata consistency (refcounts, versions, tree, counters, availability).
+
+        With `repair`, fix what is safe: recompute refcounts and counters, and drop availability
+        rows of `lost_blocks` (missing or corrupt files) so clients upload them again.
+        """

@@ -1,0 +1,1266 @@
+"""The embedded metadata engine: SQLite in WAL mode, one connection per worker thread.
+
+Each public coroutine runs one synchronous function in this store's thread pool; writes are one
+`BEGIN IMMEDIATE` transaction each, so concurrent writers are serialised by SQLite itself (they wait
+up to `busy_timeout`). The schema is documented column by column in docs/server.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cloudfs_server.auth import new_token, token_digest
+from cloudfs_server.errors import (
+    BadRequestError,
+    CursorExpiredError,
+    ExistsError,
+    InvalidMoveError,
+    IsDirError,
+    MissingBlocksError,
+    NotDirError,
+    NotEmptyError,
+    NotFoundError,
+    QuotaExceededError,
+    VersionConflictError,
+)
+from cloudfs_server.meta import MetadataStore
+from cloudfs_server.model import (
+    DEFAULT_MODE,
+    MODE_MASK,
+    BlockList,
+    Change,
+    ChangePage,
+    FsckReport,
+    Node,
+    ServerUsage,
+    Usage,
+    UserInfo,
+    VersionInfo,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+# SQLite's default limit on host parameters is 32766 (>= 3.32); stay well below it.
+IN_CHUNK = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS users (
+    user_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    name          TEXT NOT NULL UNIQUE,
+    token_sha256  TEXT NOT NULL UNIQUE,
+    root          INTEGER,
+    quota_bytes   INTEGER,
+    logical_bytes INTEGER NOT NULL DEFAULT 0,
+    last_seq      INTEGER NOT NULL DEFAULT 0,
+    log_floor     INTEGER NOT NULL DEFAULT 0,
+    created_at_ns INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id         INTEGER NOT NULL,
+    parent          INTEGER,
+    name            TEXT NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('dir', 'file', 'symlink')),
+    mode            INTEGER NOT NULL,
+    size            INTEGER NOT NULL,
+    mtime_ns        INTEGER NOT NULL,
+    ctime_ns        INTEGER NOT NULL,
+    version         INTEGER NOT NULL,
+    committed_by    TEXT NOT NULL,
+    committed_at_ns INTEGER NOT NULL,
+    target          TEXT,
+    trashed_at_ns   INTEGER,
+    original_parent INTEGER,
+    original_path   TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS nodes_by_parent_name ON nodes (parent, name)
+    WHERE parent IS NOT NULL;
+CREATE INDEX IF NOT EXISTS nodes_trash ON nodes (user_id, trashed_at_ns)
+    WHERE trashed_at_ns IS NOT NULL;
+CREATE INDEX IF NOT EXISTS nodes_by_user ON nodes (user_id, kind);
+
+CREATE TABLE IF NOT EXISTS versions (
+    node_id          INTEGER NOT NULL,
+    version          INTEGER NOT NULL,
+    size             INTEGER NOT NULL,
+    mtime_ns         INTEGER NOT NULL,
+    committed_at_ns  INTEGER NOT NULL,
+    device           TEXT NOT NULL,
+    blocks           TEXT NOT NULL,
+    superseded_at_ns INTEGER,
+    PRIMARY KEY (node_id, version)
+);
+CREATE INDEX IF NOT EXISTS versions_superseded ON versions (superseded_at_ns)
+    WHERE superseded_at_ns IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS blocks (
+    block_id       TEXT PRIMARY KEY,
+    size           INTEGER NOT NULL,
+    refcount       INTEGER NOT NULL DEFAULT 0,
+    uploaded_at_ns INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS blocks_unreferenced ON blocks (uploaded_at_ns) WHERE refcount = 0;
+
+CREATE TABLE IF NOT EXISTS availability (
+    user_id  INTEGER NOT NULL,
+    block_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, block_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS availability_by_block ON availability (block_id);
+
+CREATE TABLE IF NOT EXISTS changes (
+    user_id    INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    op         TEXT NOT NULL,
+    node_id    INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    parent     INTEGER,
+    name       TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    device     TEXT NOT NULL,
+    time_ns    INTEGER NOT NULL,
+    old_parent INTEGER,
+    old_name   TEXT,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+"""
+
+NODE_COLS = (
+    "node_id, parent, name, kind, mode, size, mtime_ns, ctime_ns, version, committed_by, "
+    "committed_at_ns, target, trashed_at_ns, original_parent, original_path"
+)
+CHANGE_COLS = "seq, op, node_id, kind, parent, name, version, device, time_ns, old_parent, old_name"
+
+
+def _node(row: tuple[Any, ...]) -> Node:
+    return Node(
+        node_id=row[0],
+        parent=row[1],
+        name=row[2],
+        kind=row[3],
+        mode=row[4],
+        size=row[5],
+        mtime_ns=row[6],
+        ctime_ns=row[7],
+        version=row[8],
+        committed_by=row[9],
+        committed_at_ns=row[10],
+        target=row[11],
+        trashed_at_ns=row[12],
+        original_parent=row[13],
+        original_path=row[14],
+    )
+
+
+def _dump_blocks(blocks: BlockList) -> str:
+    return json.dumps([[b, n] for b, n in blocks], separators=(",", ":"))
+
+
+def _load_blocks(text: str) -> BlockList:
+    return [(b, n) for b, n in json.loads(text)]
+
+
+def _chunks(items: list[T], size: int = IN_CHUNK) -> Iterable[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SqliteMetadataStore(MetadataStore):
+    """`MetadataStore` on one SQLite file. Thread-safe; every call runs in its own pool."""
+
+    def __init__(
+        self,
+        path: Path,
+        threads: int = 4,
+        busy_timeout_s: float = 30.0,
+        synchronous: str = "FULL",
+    ) -> None:
+        self.path = Path(path)
+        self.busy_timeout_s = busy_timeout_s
+        self.synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="meta")
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    # ---- plumbing ------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=self.busy_timeout_s,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA foreign_keys = OFF")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def _write_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn, *args)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _read_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            return fn(conn, *args)
+        finally:
+            conn.execute("COMMIT")
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self._write_sync, fn, *args)
+        )
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self._read_sync, fn, *args)
+        )
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    def _open_sync(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._conn()
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode.lower() != "wal":
+            raise RuntimeError(f"SQLite refused WAL mode (got {mode!r}) for {self.path}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            row = conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO settings VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {row[0]}, this server knows {SCHEMA_VERSION}"
+                )
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open_sync)
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
+        with self._conns_lock:
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+
+    # ---- shared helpers (run inside a transaction) -----------------------------------------
+    @staticmethod
+    def _live(conn: sqlite3.Connection, user_id: int, node_id: int) -> Node:
+        row = conn.execute(
+            f"SELECT {NODE_COLS} FROM nodes "
+            "WHERE node_id = ? AND user_id = ? AND trashed_at_ns IS NULL",
+            (node_id, user_id),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"node {node_id} not found")
+        return _node(row)
+
+    @staticmethod
+    def _child(conn: sqlite3.Connection, parent: int, name: str) -> Node | None:
+        row = conn.execute(
+            f"SELECT {NODE_COLS} FROM nodes WHERE parent = ? AND name = ?", (parent, name)
+        ).fetchone()
+        return None if row is None else _node(row)
+
+    @staticmethod
+    def _has_children(conn: sqlite3.Connection, node_id: int) -> bool:
+        return (
+            conn.execute("SELECT 1 FROM nodes WHERE parent = ? LIMIT 1", (node_id,)).fetchone()
+            is not None
+        )
+
+    @staticmethod
+    def _ancestors(conn: sqlite3.Connection, node_id: int) -> list[tuple[int, str]]:
+        """(node_id, name) from `node_id` up to its root, node first."""
+        rows = conn.execute(
+            "WITH RECURSIVE up(node_id, parent, name, depth) AS ("
+            " SELECT node_id, parent, name, 0 FROM nodes WHERE node_id = ?"
+            " UNION ALL SELECT n.node_id, n.parent, n.name, up.depth + 1"
+            " FROM nodes n JOIN up ON n.node_id = up.parent WHERE up.depth < 100000)"
+            " SELECT node_id, name FROM up ORDER BY depth",
+            (node_id,),
+        ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def _path(self, conn: sqlite3.Connection, node_id: int) -> str:
+        names = [name for _, name in reversed(self._ancestors(conn, node_id))]
+        return "/" + "/".join(names[1:])
+
+    @staticmethod
+    def _log(
+        conn: sqlite3.Connection,
+        user_id: int,
+        op: str,
+        node: Node,
+        device: str,
+        now: int,
+        old_parent: int | None = None,
+        old_name: str | None = None,
+        parent: int | None = None,
+    ) -> int:
+        seq = conn.execute(
+            "UPDATE users SET last_seq = last_seq + 1 WHERE user_id = ? RETURNING last_seq",
+            (user_id,),
+        ).fetchone()[0]
+        conn.execute(
+            f"INSERT INTO changes (user_id, {CHANGE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                user_id,
+                seq,
+                op,
+                node.node_id,
+                node.kind,
+                node.parent if parent is None else parent,
+                node.name,
+                node.version,
+                device,
+                now,
+                old_parent,
+                old_name,
+            ),
+        )
+        return int(seq)
+
+    @staticmethod
+    def _check_blocks(conn: sqlite3.Connection, user_id: int, blocks: BlockList) -> None:
+        """Every block available to the user and of the stated length, else raise."""
+        wanted = list(dict.fromkeys(b for b, _ in blocks))
+        sizes: dict[str, int] = {}
+        for part in _chunks(wanted):
+            marks = ",".join("?" * len(part))
+            for block_id, size in conn.execute(
+                "SELECT b.block_id, b.size FROM availability a "
+                "JOIN blocks b ON b.block_id = a.block_id "
+                f"WHERE a.user_id = ? AND a.block_id IN ({marks})",
+                (user_id, *part),
+            ):
+                sizes[block_id] = size
+        missing = [b for b in wanted if b not in sizes]
+        if missing:
+            raise MissingBlocksError(
+                f"{len(missing)} block(s) are not available to you; upload them and retry",
+                missing=missing,
+            )
+        for index, (block_id, length) in enumerate(blocks):
+            if sizes[block_id] != length:
+                raise BadRequestError(
+                    f"blocks[{index}] gives length {length} but block {block_id} "
+                    f"is {sizes[block_id]} bytes"
+                )
+
+    @staticmethod
+    def _add_refs(conn: sqlite3.Connection, blocks: BlockList, delta: int) -> None:
+        counts = Counter(b for b, _ in blocks)
+        conn.executemany(
+            "UPDATE blocks SET refcount = refcount + ? WHERE block_id = ?",
+            [(n * delta, b) for b, n in counts.items()],
+        )
+
+    @staticmethod
+    def _check_quota(conn: sqlite3.Connection, user_id: int, delta: int) -> None:
+        if delta <= 0:
+            return
+        quota, used = conn.execute(
+            "SELECT quota_bytes, logical_bytes FROM users WHERE user_id = ?", (user_id,)
+        ).fetchone()
+        if quota is not None and used + delta > quota:
+            raise QuotaExceededError(
+                f"this change needs {delta} more bytes; {used} of your {quota} bytes are used",
+                quota_bytes=quota,
+                used_bytes=used,
+            )
+
+    @staticmethod
+    def _add_logical(conn: sqlite3.Connection, user_id: int, delta: int) -> None:
+        if delta:
+            conn.execute(
+                "UPDATE users SET logical_bytes = logical_bytes + ? WHERE user_id = ?",
+                (delta, user_id),
+            )
+
+    @staticmethod
+    def _drop_versions(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> int:
+        rows = conn.execute(f"SELECT node_id, version, blocks FROM versions WHERE {where}", args)
+        rows_l = rows.fetchall()
+        counts: Counter[str] = Counter()
+        for _, _, text in rows_l:
+            counts.update(b for b, _ in _load_blocks(text))
+        conn.executemany(
+            "UPDATE blocks SET refcount = refcount - ? WHERE block_id = ?",
+            [(n, b) for b, n in counts.items()],
+        )
+        conn.executemany(
+            "DELETE FROM versions WHERE node_id = ? AND version = ?",
+            [(r[0], r[1]) for r in rows_l],
+        )
+        return len(rows_l)
+
+    def _trash(self, conn: sqlite3.Connection, node: Node, now: int) -> None:
+        path = self._path(conn, node.node_id)
+        conn.execute(
+            "UPDATE nodes SET parent = NULL, trashed_at_ns = ?, original_parent = ?, "
+            "original_path = ? WHERE node_id = ?",
+            (now, node.parent, path, node.node_id),
+        )
+
+    # ---- users ---------------------------------------------------------------------------
+    def _create_user(
+        self, conn: sqlite3.Connection, name: str, quota: int | None
+    ) -> tuple[UserInfo, str]:
+        if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+            raise ExistsError(f"user {name!r} already exists")
+        token = new_token()
+        now = time.time_ns()
+        user_id = conn.execute(
+            "INSERT INTO users (name, token_sha256, quota_bytes, created_at_ns) "
+            "VALUES (?, ?, ?, ?) RETURNING user_id",
+            (name, token_digest(token), quota, now),
+        ).fetchone()[0]
+        root = conn.execute(
+            "INSERT INTO nodes (user_id, parent, name, kind, mode, size, mtime_ns, ctime_ns, "
+            "version, committed_by, committed_at_ns) VALUES (?, NULL, '', 'dir', ?, 0, ?, ?, 1, "
+            "'server', ?) RETURNING node_id",
+            (user_id, DEFAULT_MODE["dir"], now, now, now),
+        ).fetchone()[0]
+        conn.execute("UPDATE users SET root = ? WHERE user_id = ?", (root, user_id))
+        return UserInfo(user_id, name, root, quota), token
+
+    async def create_user(self, name: str, quota_bytes: int | None) -> tuple[UserInfo, str]:
+        return await self._write(self._create_user, name, quota_bytes)
+
+    async def list_users(self) -> list[UserInfo]:
+        def run(conn: sqlite3.Connection) -> list[UserInfo]:
+            rows = conn.execute(
+                "SELECT user_id, name, root, quota_bytes FROM users ORDER BY user_id"
+            )
+            return [UserInfo(*r) for r in rows]
+
+        return await self._read(run)
+
+    async def reset_token(self, name: str) -> str:
+        def run(conn: sqlite3.Connection) -> str:
+            token = new_token()
+            cur = conn.execute(
+                "UPDATE users SET token_sha256 = ? WHERE name = ?", (token_digest(token), name)
+            )
+            if cur.rowcount != 1:
+                raise NotFoundError(f"no user named {name!r}")
+            return token
+
+        return await self._write(run)
+
+    async def set_quota(self, name: str, quota_bytes: int | None) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "UPDATE users SET quota_bytes = ? WHERE name = ?", (quota_bytes, name)
+            )
+            if cur.rowcount != 1:
+                raise NotFoundError(f"no user named {name!r}")
+
+        await self._write(run)
+
+    async def authenticate(self, token: str) -> UserInfo | None:
+        digest = token_digest(token)
+
+        def run() -> UserInfo | None:
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT user_id, name, root, quota_bytes FROM users WHERE token_sha256 = ?",
+                    (digest,),
+                )
+                .fetchone()
+            )
+            return None if row is None else UserInfo(*row)
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, run)
+
+    @staticmethod
+    def _usage(conn: sqlite3.Connection, user_id: int) -> Usage:
+        quota = conn.execute(
+            "SELECT quota_bytes FROM users WHERE user_id = ?", (user_id,)
+        ).fetchone()[0]
+        logical, files = conn.execute(
+            "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM nodes "
+            "WHERE user_id = ? AND kind = 'file' AND trashed_at_ns IS NULL",
+            (user_id,),
+        ).fetchone()
+        dirs = conn.execute(
+            "SELECT COUNT(*) FROM nodes WHERE user_id = ? AND kind = 'dir' AND parent IS NOT NULL",
+            (user_id,),
+        ).fetchone()[0]
+        stored = conn.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM blocks WHERE block_id IN ("
+            " SELECT json_extract(j.value, '$[0]') FROM nodes n"
+            " JOIN versions v ON v.node_id = n.node_id, json_each(v.blocks) j"
+            " WHERE n.user_id = ?)",
+            (user_id,),
+        ).fetchone()[0]
+        return Usage(logical, stored, quota, files, dirs)
+
+    async def usage(self, user_id: int) -> Usage:
+        return await self._read(self._usage, user_id)
+
+    async def server_usage(self) -> ServerUsage:
+        def run(conn: sqlite3.Connection) -> ServerUsage:
+            out = ServerUsage()
+            for user_id, name in conn.execute("SELECT user_id, name FROM users ORDER BY name"):
+                usage = self._usage(conn, user_id)
+                out.users.append((name, usage))
+                out.logical_bytes += usage.logical_bytes
+            out.referenced_bytes = conn.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM versions"
+            ).fetchone()[0]
+            out.stored_bytes, out.blocks = conn.execute(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM blocks"
+            ).fetchone()
+            return out
+
+        return await self._read(run)
+
+    # ---- blocks --------------------------------------------------------------------------
+    async def record_upload(self, user_id: int, block_id: str, size: int) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            new = (
+                conn.execute("SELECT 1 FROM blocks WHERE block_id = ?", (block_id,)).fetchone()
+                is None
+            )
+            conn.execute(
+                "INSERT INTO blocks (block_id, size, refcount, uploaded_at_ns) VALUES (?, ?, 0, ?)"
+                " ON CONFLICT (block_id) DO UPDATE SET uploaded_at_ns = excluded.uploaded_at_ns",
+                (block_id, size, time.time_ns()),
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO availability (user_id, block_id) VALUES (?, ?)",
+                (user_id, block_id),
+            )
+            return new
+
+        return await self._write(run)
+
+    async def missing_blocks(self, user_id: int, block_ids: list[str]) -> list[str]:
+        def run(conn: sqlite3.Connection) -> list[str]:
+            wanted = list(dict.fromkeys(block_ids))
+            have: set[str] = set()
+            for part in _chunks(wanted):
+                marks = ",".join("?" * len(part))
+                have.update(
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT block_id FROM availability "
+                        f"WHERE user_id = ? AND block_id IN ({marks})",
+                        (user_id, *part),
+                    )
+                )
+            return [b for b in wanted if b not in have]
+
+        return await self._read(run)
+
+    async def available_block_size(self, user_id: int, block_id: str) -> int | None:
+        def run(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT b.size FROM availability a JOIN blocks b ON b.block_id = a.block_id "
+                "WHERE a.user_id = ? AND a.block_id = ?",
+                (user_id, block_id),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self._read(run)
+
+    # ---- namespace -----------------------------------------------------------------------
+    async def get_node(self, user_id: int, node_id: int, with_blocks: bool = False) -> Node:
+        def run(conn: sqlite3.Connection) -> Node:
+            node = self._live(conn, user_id, node_id)
+            if with_blocks and node.kind == "file":
+                text = conn.execute(
+                    "SELECT blocks FROM versions WHERE node_id = ? AND version = ?",
+                    (node_id, node.version),
+                ).fetchone()[0]
+                node.blocks = _load_blocks(text)
+            return node
+
+        return await self._read(run)
+
+    async def list_children(
+        self, user_id: int, node_id: int, after: str | None, limit: int
+    ) -> tuple[list[Node], str | None]:
+        def run(conn: sqlite3.Connection) -> tuple[list[Node], str | None]:
+            parent = self._live(conn, user_id, node_id)
+            if parent.kind != "dir":
+                raise NotDirError(f"node {node_id} is not a directory")
+            rows = conn.execute(
+                f"SELECT {NODE_COLS} FROM nodes WHERE parent = ? AND name > ? "
+                "ORDER BY name LIMIT ?",
+                (node_id, after or "", limit + 1),
+            ).fetchall()
+            nodes = [_node(r) for r in rows[:limit]]
+            return nodes, (nodes[-1].name if len(rows) > limit else None)
+
+        return await self._read(run)
+
+    async def lookup(self, user_id: int, parent: int, name: str) -> Node:
+        def run(conn: sqlite3.Connection) -> Node:
+            node = self._live(conn, user_id, parent)
+            if node.kind != "dir":
+                raise NotDirError(f"node {parent} is not a directory")
+            child = self._child(conn, parent, name)
+            if child is None:
+                raise NotFoundError(f"no entry {name!r} in directory {parent}")
+            return child
+
+        return await self._read(run)
+
+    def _create(
+        self,
+        conn: sqlite3.Connection,
+        user_id: int,
+        parent: int,
+        name: str,
+        kind: str,
+        mode: int | None,
+        mtime_ns: int | None,
+        target: str | None,
+        size: int,
+        blocks: BlockList,
+        device: str,
+    ) -> Node:
+        directory = self._live(conn, user_id, parent)
+        if directory.kind != "dir":
+            raise NotDirError(f"parent {parent} is not a directory")
+        existing = self._child(conn, parent, name)
+        if existing is not None:
+            raise ExistsError(
+                f"{name!r} already exists in directory {parent}", node=existing.to_json()
+            )
+        if kind == "file":
+            self._check_blocks(conn, user_id, blocks)
+            self._check_quota(conn, user_id, size)
+        elif kind == "symlink":
+            assert target is not None
+            size = len(target.encode("utf-8"))
+        else:
+            size = 0
+        now = time.time_ns()
+        mtime = now if mtime_ns is None else mtime_ns
+        perm = DEFAULT_MODE[kind] if mode is None else mode & MODE_MASK
+        row = conn.execute(
+            "INSERT INTO nodes (user_id, parent, name, kind, mode, size, mtime_ns, ctime_ns, "
+            "version, committed_by, committed_at_ns, target) "
+            f"VALUES (?,?,?,?,?,?,?,?,1,?,?,?) RETURNING {NODE_COLS}",
+            (user_id, parent, name, kind, perm, size, mtime, now, device, now, target),
+        ).fetchone()
+        node = _node(row)
+        if kind == "file":
+            conn.execute(
+                "INSERT INTO versions (node_id, version, size, mtime_ns, committed_at_ns, device,"
+                " blocks) VALUES (?, 1, ?, ?, ?, ?, ?)",
+                (node.node_id, size, mtime, now, device, _dump_blocks(blocks)),
+            )
+            self._add_refs(conn, blocks, +1)
+            self._add_logical(conn, user_id, size)
+        self._log(conn, user_id, "create", node, device, now)
+        return node
+
+    async def create_node(
+        self,
+        user_id: int,
+        parent: int,
+        name: str,
+        kind: str,
+        mode: int | None,
+        mtime_ns: int | None,
+        target: str | None,
+        size: int,
+        blocks: BlockList,
+        device: str,
+    ) -> Node:
+        return await self._write(
+            self._create, user_id, parent, name, kind, mode, mtime_ns, target, size, blocks, device
+        )
+
+    def _new_version(
+        self,
+        conn: sqlite3.Connection,
+        user_id: int,
+        node: Node,
+        size: int,
+        blocks: BlockList,
+        mtime_ns: int,
+        device: str,
+        now: int,
+    ) -> Node:
+        """Append version `node.version + 1` (checks quota; blocks already checked)."""
+        self._check_quota(conn, user_id, size - node.size)
+        new_version = node.version + 1
+        conn.execute(
+            "UPDATE versions SET superseded_at_ns = ? WHERE node_id = ? AND version = ?",
+            (now, node.node_id, node.version),
+        )
+        conn.execute(
+            "INSERT INTO versions (node_id, version, size, mtime_ns, committed_at_ns, device, "
+            "blocks) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (node.node_id, new_version, size, mtime_ns, now, device, _dump_blocks(blocks)),
+        )
+        self._add_refs(conn, blocks, +1)
+        self._add_logical(conn, user_id, size - node.size)
+        row = conn.execute(
+            "UPDATE nodes SET size = ?, version = ?, mtime_ns = ?, ctime_ns = ?, committed_by = ?,"
+            f" committed_at_ns = ? WHERE node_id = ? RETURNING {NODE_COLS}",
+            (size, new_version, mtime_ns, now, device, now, node.node_id),
+        ).fetchone()
+        updated = _node(row)
+        self._log(conn, user_id, "modify", updated, device, now)
+        return updated
+
+    @staticmethod
+    def _require_file(node: Node) -> None:
+        if node.kind == "dir":
+            raise IsDirError(f"node {node.node_id} is a directory")
+        if node.kind != "file":
+            raise BadRequestError(f"node {node.node_id} is a symlink; only files have content")
+
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        user_id: int,
+        node_id: int,
+        base_version: int,
+        size: int,
+        blocks: BlockList,
+        mtime_ns: int | None,
+        device: str,
+    ) -> Node:
+        node = self._live(conn, user_id, node_id)
+        self._require_file(node)
+        self._check_blocks(conn, user_id, blocks)
+        if base_version != node.version:
+            raise VersionConflictError(
+                f"version {base_version} is not current; version {node.version} was committed "
+                f"by {node.committed_by!r}",
+                current_version=node.version,
+                committed_by=node.committed_by,
+                committed_at_ns=node.committed_at_ns,
+            )
+        now = time.time_ns()
+        mtime = now if mtime_ns is None else mtime_ns
+        return self._new_version(conn, user_id, node, size, blocks, mtime, device, now)
+
+    async def commit(
+        self,
+        user_id: int,
+        node_id: int,
+        base_version: int,
+        size: int,
+        blocks: BlockList,
+        mtime_ns: int | None,
+        device: str,
+    ) -> Node:
+        return await self._write(
+            self._commit, user_id, node_id, base_version, size, blocks, mtime_ns, device
+        )
+
+    async def setattr(
+        self, user_id: int, node_id: int, mode: int | None, mtime_ns: int | None, device: str
+    ) -> Node:
+        def run(conn: sqlite3.Connection) -> Node:
+            node = self._live(conn, user_id, node_id)
+            now = time.time_ns()
+            perm = node.mode if mode is None else mode & MODE_MASK
+            mtime = node.mtime_ns if mtime_ns is None else mtime_ns
+            row = conn.execute(
+                f"UPDATE nodes SET mode = ?, mtime_ns = ?, ctime_ns = ? WHERE node_id = ? "
+                f"RETURNING {NODE_COLS}",
+                (perm, mtime, now, node_id),
+            ).fetchone()
+            if node.kind == "file":
+                conn.execute(
+                    "UPDATE versions SET mtime_ns = ? WHERE node_id = ? AND version = ?",
+                    (mtime, node_id, node.version),
+                )
+            updated = _node(row)
+            self._log(conn, user_id, "setattr", updated, device, now)
+            return updated
+
+        return await self._write(run)
+
+    def _move(
+        self,
+        conn: sqlite3.Connection,
+        user_id: int,
+        node_id: int,
+        parent: int,
+        name: str,
+        replace: bool,
+        device: str,
+    ) -> tuple[Node, int | None]:
+        node = self._live(conn, user_id, node_id)
+        if node.parent is None:
+            raise InvalidMoveError("the root directory cannot be moved")
+        dest = self._live(conn, user_id, parent)
+        if dest.kind != "dir":
+            raise NotDirError(f"target parent {parent} is not a directory")
+        if node.kind == "dir" and any(a == node_id for a, _ in self._ancestors(conn, parent)):
+            raise InvalidMoveError(f"directory {node_id} cannot move into its own subtree")
+        target = self._child(conn, parent, name)
+        if target is not None and target.node_id == node_id:
+            return node, None
+        now = time.time_ns()
+        replaced: int | None = None
+        version = node.version
+        if target is not None:
+            if not replace:
+                raise ExistsError(
+                    f"{name!r} already exists in directory {parent}", node=target.to_json()
+                )
+            if target.kind == "dir":
+                if node.kind != "dir":
+                    raise IsDirError(
+                        f"cannot replace directory {target.node_id} with a non-directory"
+                    )
+                if self._has_children(conn, target.node_id):
+                    raise NotEmptyError(f"directory {target.node_id} is not empty")
+                conn.execute("DELETE FROM nodes WHERE node_id = ?", (target.node_id,))
+            elif node.kind == "dir":
+                raise NotDirError(f"cannot replace non-directory {target.node_id} with a directory")
+            elif node.kind == "file" and target.kind == "file":
+                version = self._take_over(conn, node, target, now)
+                self._add_logical(conn, user_id, -target.size)
+            else:
+                # A symlink replaced by a file or the other way round: the replaced node goes to
+                # the trash, so nothing is lost.
+                self._trash(conn, target, now)
+                if target.kind == "file":
+                    self._add_logical(conn, user_id, -target.size)
+            replaced = target.node_id
+            self._log(conn, user_id, "delete", target, device, now)
+        row = conn.execute(
+            "UPDATE nodes SET parent = ?, name = ?, ctime_ns = ?, version = ? WHERE node_id = ? "
+            f"RETURNING {NODE_COLS}",
+            (parent, name, now, version, node_id),
+        ).fetchone()
+        moved = _node(row)
+        self._log(
+            conn, user_id, "move", moved, device, now, old_parent=node.parent, old_name=node.name
+        )
+        return moved, replaced
+
+    def _take_over(self, conn: sqlite3.Connection, node: Node, target: Node, now: int) -> int:
+        """`node` replaces file `target`: it inherits target's history; returns its new version."""
+        self._drop_versions(conn, "node_id = ? AND version != ?", (node.node_id, node.version))
+        new_version = target.version + 1
+        conn.execute(
+            "UPDATE versions SET version = ? WHERE node_id = ? AND version = ?",
+            (new_version, node.node_id, node.version),
+        )
+        conn.execute(
+            "UPDATE versions SET superseded_at_ns = ? WHERE node_id = ? AND version = ?",
+            (now, target.node_id, target.version),
+        )
+        conn.execute(
+            "UPDATE versions SET node_id = ? WHERE node_id = ?", (node.node_id, target.node_id)
+        )
+        conn.execute("DELETE FROM nodes WHERE node_id = ?", (target.node_id,))
+        return new_version
+
+    async def move(
+        self, user_id: int, node_id: int, parent: int, name: str, replace: bool, device: str
+    ) -> tuple[Node, int | None]:
+        return await self._write(self._move, user_id, node_id, parent, name, replace, device)
+
+    async def delete(self, user_id: int, node_id: int, device: str) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            node = self._live(conn, user_id, node_id)
+            if node.parent is None:
+                raise InvalidMoveError("the root directory cannot be deleted")
+            now = time.time_ns()
+            if node.kind == "dir":
+                if self._has_children(conn, node_id):
+                    raise NotEmptyError(f"directory {node_id} is not empty")
+                conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+                self._log(conn, user_id, "delete", node, device, now)
+                return False
+            self._trash(conn, node, now)
+            if node.kind == "file":
+                self._add_logical(conn, user_id, -node.size)
+            self._log(conn, user_id, "delete", node, device, now)
+            return True
+
+        return await self._write(run)
+
+    # ---- history and trash ---------------------------------------------------------------
+    async def list_versions(self, user_id: int, node_id: int) -> list[VersionInfo]:
+        def run(conn: sqlite3.Connection) -> list[VersionInfo]:
+            node = self._live(conn, user_id, node_id)
+            if node.kind == "dir":
+                raise IsDirError(f"node {node_id} is a directory; it has no versions")
+            rows = conn.execute(
+                "SELECT version, size, mtime_ns, committed_at_ns, device FROM versions "
+                "WHERE node_id = ? ORDER BY version DESC",
+                (node_id,),
+            )
+            return [VersionInfo(*r) for r in rows]
+
+        return await self._read(run)
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection, node_id: int, version: int) -> VersionInfo:
+        row = conn.execute(
+            "SELECT version, size, mtime_ns, committed_at_ns, device, blocks FROM versions "
+            "WHERE node_id = ? AND version = ?",
+            (node_id, version),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"node {node_id} has no version {version}")
+        return VersionInfo(row[0], row[1], row[2], row[3], row[4], blocks=_load_blocks(row[5]))
+
+    async def get_version(self, user_id: int, node_id: int, version: int) -> VersionInfo:
+        def run(conn: sqlite3.Connection) -> VersionInfo:
+            self._live(conn, user_id, node_id)
+            return self._version(conn, node_id, version)
+
+        return await self._read(run)
+
+    async def restore_version(self, user_id: int, node_id: int, version: int, device: str) -> Node:
+        def run(conn: sqlite3.Connection) -> Node:
+            node = self._live(conn, user_id, node_id)
+            self._require_file(node)
+            old = self._version(conn, node_id, version)
+            assert old.blocks is not None
+            self._check_blocks(conn, user_id, old.blocks)
+            now = time.time_ns()
+            return self._new_version(conn, user_id, node, old.size, old.blocks, now, device, now)
+
+        return await self._write(run)
+
+    async def list_trash(self, user_id: int) -> list[Node]:
+        def run(conn: sqlite3.Connection) -> list[Node]:
+            rows = conn.execute(
+                f"SELECT {NODE_COLS} FROM nodes WHERE user_id = ? AND trashed_at_ns IS NOT NULL "
+                "ORDER BY trashed_at_ns DESC, node_id DESC",
+                (user_id,),
+            )
+            return [_node(r) for r in rows]
+
+        return await self._read(run)
+
+    async def restore_trash(
+        self, user_id: int, node_id: int, parent: int | None, name: str | None, device: str
+    ) -> Node:
+        def run(conn: sqlite3.Connection) -> Node:
+            row = conn.execute(
+                f"SELECT {NODE_COLS} FROM nodes "
+                "WHERE node_id = ? AND user_id = ? AND trashed_at_ns IS NOT NULL",
+                (node_id, user_id),
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"node {node_id} is not in the trash")
+            node = _node(row)
+            dest_id = node.original_parent if parent is None else parent
+            dest_name = node.name if name is None else name
+            if dest_id is None:
+                raise NotFoundError("the original parent is unknown; give 'parent'")
+            try:
+                dest = self._live(conn, user_id, dest_id)
+            except NotFoundError:
+                raise NotFoundError(
+                    f"parent directory {dest_id} no longer exists; give another 'parent'"
+                ) from None
+            if dest.kind != "dir":
+                raise NotDirError(f"parent {dest_id} is not a directory")
+            existing = self._child(conn, dest_id, dest_name)
+            if existing is not None:
+                raise ExistsError(
+                    f"{dest_name!r} already exists in directory {dest_id}", node=existing.to_json()
+                )
+            if node.kind == "file":
+                self._check_quota(conn, user_id, node.size)
+                self._add_logical(conn, user_id, node.size)
+            now = time.time_ns()
+            row = conn.execute(
+                "UPDATE nodes SET parent = ?, name = ?, ctime_ns = ?, trashed_at_ns = NULL, "
+                f"original_parent = NULL, original_path = NULL WHERE node_id = ? "
+                f"RETURNING {NODE_COLS}",
+                (dest_id, dest_name, now, node_id),
+            ).fetchone()
+            restored = _node(row)
+            self._log(conn, user_id, "restore", restored, device, now)
+            return restored
+
+        return await self._write(run)
+
+    async def purge(self, retention_ns: int) -> tuple[int, int]:
+        def run(conn: sqlite3.Connection) -> tuple[int, int]:
+            cutoff = time.time_ns() - retention_ns
+            versions = self._drop_versions(
+                conn, "superseded_at_ns IS NOT NULL AND superseded_at_ns < ?", (cutoff,)
+            )
+            trashed = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT node_id FROM nodes WHERE trashed_at_ns IS NOT NULL "
+                    "AND trashed_at_ns < ?",
+                    (cutoff,),
+                )
+            ]
+            for node_id in trashed:
+                versions += self._drop_versions(conn, "node_id = ?", (node_id,))
+                conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+            return versions, len(trashed)
+
+        return await self._write(run)
+
+    # ---- change log ----------------------------------------------------------------------
+    async def changes(self, user_id: int, cursor: int | None, limit: int) -> ChangePage:
+        def run(conn: sqlite3.Connection) -> ChangePage:
+            last_seq, floor = conn.execute(
+                "SELECT last_seq, log_floor FROM users WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            if cursor is None:
+                return ChangePage([], last_seq, False)
+            if cursor < floor or cursor > last_seq:
+                raise CursorExpiredError(
+                    f"cursor {cursor} is outside the change log ({floor + 1}..{last_seq}); "
+                    "rescan and continue from 'latest'",
+                    oldest=floor + 1,
+                    latest=last_seq,
+                )
+            rows = conn.execute(
+                f"SELECT {CHANGE_COLS} FROM changes WHERE user_id = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (user_id, cursor, limit + 1),
+            ).fetchall()
+            changes = [Change(*r) for r in rows[:limit]]
+            return ChangePage(changes, changes[-1].seq if changes else cursor, len(rows) > limit)
+
+        return await self._read(run)
+
+    async def compact_log(self, keep_last: int | None, older_than_ns: int | None) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            dropped = 0
+            users = conn.execute("SELECT user_id, last_seq, log_floor FROM users").fetchall()
+            for user_id, last_seq, floor in users:
+                new_floor = floor
+                if keep_last is not None:
+                    new_floor = max(new_floor, last_seq - keep_last)
+                if older_than_ns is not None:
+                    cutoff = time.time_ns() - older_than_ns
+                    row = conn.execute(
+                        "SELECT MAX(seq) FROM changes WHERE user_id = ? AND time_ns < ?",
+                        (user_id, cutoff),
+                    ).fetchone()
+                    if row[0] is not None:
+                        new_floor = max(new_floor, row[0])
+                if new_floor > floor:
+                    dropped += conn.execute(
+                        "DELETE FROM changes WHERE user_id = ? AND seq <= ?", (user_id, new_floor)
+                    ).rowcount
+                    conn.execute(
+                        "UPDATE users SET log_floor = ? WHERE user_id = ?", (new_floor, user_id)
+                    )
+            return dropped
+
+        return await self._write(run)
+
+    # ---- maintenance ---------------------------------------------------------------------
+    async def collect_garbage(self, uploaded_before_ns: int) -> list[tuple[str, int]]:
+        def run(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            rows = conn.execute(
+                "SELECT block_id, size FROM blocks WHERE refcount = 0 AND uploaded_at_ns < ?",
+                (uploaded_before_ns,),
+            ).fetchall()
+            conn.executemany("DELETE FROM availability WHERE block_id = ?", [(r[0],) for r in rows])
+            conn.executemany("DELETE FROM blocks WHERE block_id = ?", [(r[0],) for r in rows])
+            return [(r[0], r[1]) for r in rows]
+
+        return await self._write(run)
+
+    async def all_blocks(self) -> list[tuple[str, int, int]]:
+        def run(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
+            return [
+                (r[0], r[1], r[2])
+                for r in conn.execute("SELECT block_id, size, refcount FROM blocks")
+            ]
+
+        return await self._read(run)
+
+    async def check(self, repair: bool, lost_blocks: set[str]) -> FsckReport:
+        run = functools.partial(self._check, repair=repair, lost_blocks=lost_blocks)
+        return await (self._write(run) if repair else self._read(run))
+
+    def _check(self, conn: sqlite3.Connection, repair: bool, lost_blocks: set[str]) -> FsckReport:
+        report = FsckReport()
+        block_rows = {
+            r[0]: (r[1], r[2]) for r in conn.execute("SELECT block_id, size, refcount FROM blocks")
+        }
+        nodes = {
+            r[0]: r
+            for r in conn.execute(
+                "SELECT node_id, user_id, parent, kind, size, version, trashed_at_ns FROM nodes"
+            )
+        }
+        users = {
+            r[0]: r
+            for r in conn.execute("SELECT user_id, name, root, logical_bytes, last_seq FROM users")
+        }
+        expected_refs: Counter[str] = Counter()
+        needed_availability: set[tuple[int, str]] = set()
+        current_seen: set[int] = set()
+        for node_id, version, size, text in conn.execute(
+            "SELECT node_id, version, size, blocks FROM versions"
+        ):
+            where = f"node {node_id} version {version}"
+            node = nodes.get(node_id)
+            if node is None:
+                report.errors.append(f"{where}: belongs to no node")
+                continue
+            try:
+                blocks = _load_blocks(text)
+            except (ValueError, TypeError):
+                report.errors.append(f"{where}: block list is not valid JSON")
+                continue
+            total = 0
+            for block_id, length in blocks:
+                total += length
+                expected_refs[block_id] += 1
+                needed_availability.add((node[1], block_id))
+                row = block_rows.get(block_id)
+                if row is None:
+                    report.errors.append(f"{where}: references unknown block {block_id}")
+                elif row[0] != length:
+                    report.errors.append(
+                        f"{where}: block {block_id} listed as {length} bytes, stored {row[0]}"
+                    )
+            if total != size:
+                report.errors.append(f"{where}: block lengths add up to {total}, size is {size}")
+            if node[5] == version:
+                current_seen.add(node_id)
+                if node[4] != size:
+                    report.errors.append(f"{where}: node size {node[4]} != version size {size}")
+            elif version > node[5]:
+                report.errors.append(f"{where}: newer than the node's version {node[5]}")
+        # Reference counts.
+        for block_id, (_, refcount) in block_rows.items():
+            want = expected_refs.get(block_id, 0)
+            if refcount != want:
+                msg = f"block {block_id}: refcount {refcount}, expected {want}"
+                if repair:
+                    conn.execute(
+                        "UPDATE blocks SET refcount = ? WHERE block_id = ?", (want, block_id)
+                    )
+                    report.repaired.append(msg)
+                else:
+                    report.errors.append(msg)
+        # Nodes: tree shape and one current version per file.
+        logical: Counter[int] = Counter()
+        for node_id, user_id, parent, kind, size, _version, trashed in nodes.values():
+            if user_id not in users:
+                report.errors.append(f"node {node_id}: belongs to no user")
+                continue
+            if kind == "file":
+                if node_id not in current_seen:
+                    report.errors.append(f"node {node_id}: current version row missing")
+                if trashed is None:
+                    logical[user_id] += size
+            if trashed is not None:
+                continue
+            if parent is None:
+                if users[user_id][2] != node_id:
+                    report.errors.append(f"node {node_id}: live node without a parent")
+                continue
+            up = nodes.get(parent)
+            if up is None or up[6] is not None or up[3] != "dir" or up[1] != user_id:
+                report.errors.append(f"node {node_id}: parent {parent} is not a live directory")
+        for user_id, name, root, logical_bytes, last_seq in users.values():
+            root_row = nodes.get(root)
+            if root_row is None or root_row[3] != "dir":
+                report.errors.append(f"user {name!r}: root {root} is missing")
+            if logical_bytes != logical[user_id]:
+                msg = f"user {name!r}: logical_bytes {logical_bytes}, expected {logical[user_id]}"
+                if repair:
+                    conn.execute(
+                        "UPDATE users SET logical_bytes = ? WHERE user_id = ?",
+                        (logical[user_id], user_id),
+                    )
+                    report.repaired.append(msg)
+                else:
+                    report.errors.append(msg)
+            max_seq = conn.execute(
+                "SELECT MAX(seq) FROM changes WHERE user_id = ?", (user_id,)
+            ).fetchone()[0]
+            if max_seq is not None and max_seq > last_seq:
+                report.errors.append(f"user {name!r}: change {max_seq} beyond last_seq {last_seq}")
+        # Availability: every block a user's versions reference must stay available to them.
+        have = set(conn.execute("SELECT user_id, block_id FROM availability").fetchall())
+        for user_id, block_id in sorted(needed_availability - have):
+            if block_id not in block_rows or block_id in lost_blocks:
+                continue  # reported above or as a lost block
+            msg = f"user {user_id}: referenced block {block_id} not marked available"
+            if repair:
+                conn.execute("INSERT INTO availability VALUES (?, ?)", (user_id, block_id))
+                report.repaired.append(msg)
+            else:
+                report.errors.append(msg)
+        if repair and lost_blocks:
+            unreferenced = [b for b in sorted(lost_blocks) if expected_refs.get(b, 0) == 0]
+            for block_id in unreferenced:
+                conn.execute("DELETE FROM blocks WHERE block_id = ?", (block_id,))
+                report.repaired.append(f"dropped the row of unreferenced lost block {block_id}")
+            for part in _chunks(sorted(lost_blocks)):
+                marks = ",".join("?" * len(part))
+                n = conn.execute(
+                    f"DELETE FROM availability WHERE block_id IN ({marks})", part
+                ).rowcount
+                if n:
+                    report.repaired.append(
+                        f"dropped {n} availability row(s) of {len(part)} lost block(s); "
+                        "clients will upload them again"
+                    )
+        return report
