@@ -92,7 +92,7 @@ META = web.AppKey("meta", MetadataStore)
 BLOCKS = web.AppKey("blocks", BlockStore)
 GC_LOCK = web.AppKey("gc_lock", GcLock)
 NOTIFIER = web.AppKey("notifier", ChangeNotifier)
-USER = "cloudfs_user"  # request key of the authenticated UserInfo
+USER = web.RequestKey("cloudfs_user", UserInfo)  # the authenticated user
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -110,7 +110,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ServerError as exc:
-        if exc.status >= 500:
+        if exc.status == 500:
             log.error("%s %s: %s", request.method, request.path, exc.message)
         return error_json(exc.status, exc.body())
     except web.HTTPException as exc:
@@ -118,7 +118,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         code = HTTP_CODES.get(exc.status, "http_error")
         if isinstance(exc, web.HTTPRequestEntityTooLarge):
-            message = f"request body is over the limit of {exc.max_size} bytes"  # type: ignore[attr-defined]
+            limit = request.app[CONFIG].json_max_bytes
+            message = f"request body is over the limit of {limit} bytes"
         else:
             message = exc.reason
         return error_json(exc.status, {"error": code, "message": message})

@@ -22,8 +22,14 @@ class Api:
         self.device = device
         self._root: int | None = None
 
-    def call(self, method: str, path: str, body: Any = None, data: bytes | None = None,
-             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         hdrs = {"X-Cloudfs-Device": self.device, **(headers or {})}
         hdrs["Authorization"] = f"Bearer {self.user.token}"
         return self.server.request(method, path, None, body=body, data=data, headers=hdrs)
@@ -43,29 +49,35 @@ class Api:
         return block_id
 
     def mkdir(self, parent: int, name: str) -> dict[str, Any]:
-        status, node = self.call("POST", f"/v1/nodes/{parent}/children",
-                                 {"name": name, "type": "dir"})
+        status, node = self.call(
+            "POST", f"/v1/nodes/{parent}/children", {"name": name, "type": "dir"}
+        )
         assert status == 201, node
         return node
 
-    def create_file(self, parent: int, name: str, content: bytes = b"",
-                    chunk: int = 4) -> dict[str, Any]:
+    def create_file(
+        self, parent: int, name: str, content: bytes = b"", chunk: int = 4
+    ) -> dict[str, Any]:
         blocks = self.upload(content, chunk)
-        status, node = self.call("POST", f"/v1/nodes/{parent}/children",
-                                 {"name": name, "type": "file", "size": len(content),
-                                  "blocks": blocks})
+        status, node = self.call(
+            "POST",
+            f"/v1/nodes/{parent}/children",
+            {"name": name, "type": "file", "size": len(content), "blocks": blocks},
+        )
         assert status == 201, node
         return node
 
     def upload(self, content: bytes, chunk: int = 4) -> list[list[Any]]:
-        parts = [content[i:i + chunk] for i in range(0, len(content), chunk)]
+        parts = [content[i : i + chunk] for i in range(0, len(content), chunk)]
         return [[self.put_block(p), len(p)] for p in parts]
 
-    def commit(self, node_id: int, base: int, content: bytes,
-               chunk: int = 4) -> tuple[int, Any]:
+    def commit(self, node_id: int, base: int, content: bytes, chunk: int = 4) -> tuple[int, Any]:
         blocks = self.upload(content, chunk)
-        return self.call("PUT", f"/v1/nodes/{node_id}/content",
-                         {"base_version": base, "size": len(content), "blocks": blocks})
+        return self.call(
+            "PUT",
+            f"/v1/nodes/{node_id}/content",
+            {"base_version": base, "size": len(content), "blocks": blocks},
+        )
 
     def read(self, node_id: int) -> bytes:
         status, node = self.call("GET", f"/v1/nodes/{node_id}?blocks=1")

@@ -22,20 +22,27 @@ def test_block_upload_is_verified_idempotent_and_ranged(server: ServerProcess, a
     data = b"hello world" * 1000
     block_id = bid(data)
     assert api.call("PUT", f"/v1/blocks/{block_id}", data=data) == (
-        201, {"block_id": block_id, "size": len(data), "stored": True})
+        201,
+        {"block_id": block_id, "size": len(data), "stored": True},
+    )
     assert api.call("PUT", f"/v1/blocks/{block_id}", data=data) == (
-        200, {"block_id": block_id, "size": len(data), "stored": False})
+        200,
+        {"block_id": block_id, "size": len(data), "stored": False},
+    )
     assert api.call("GET", f"/v1/blocks/{block_id}") == (200, data)
     assert api.call("GET", f"/v1/blocks/{block_id}", headers={"Range": "bytes=6-10"}) == (
-        206, b"world")
+        206,
+        b"world",
+    )
     status, body = api.call("PUT", f"/v1/blocks/{bid(b'other')}", data=b"not other")
     assert status == 400 and body["error"] == "hash_mismatch"
     status, body = api.call("GET", f"/v1/blocks/{bid(b'other')}")
     assert status == 404 and body["error"] == "not_found"
     status, body = api.call("PUT", "/v1/blocks/ABC", data=b"x")
     assert status == 400 and body["error"] == "bad_block_id"
-    status, body = api.call("POST", "/v1/blocks/missing",
-                            {"block_ids": [bid(b"zz"), block_id, bid(b"yy")]})
+    status, body = api.call(
+        "POST", "/v1/blocks/missing", {"block_ids": [bid(b"zz"), block_id, bid(b"yy")]}
+    )
     assert status == 200 and body == {"missing": [bid(b"zz"), bid(b"yy")]}
 
 

@@ -1,0 +1,147 @@
+"""Change log and long-poll, quota and usage, and the OpenAPI document, via the test client."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+from aiohttp.test_utils import TestClient
+from cloudfs_server import openapi
+from cloudfs_server.app import META
+
+from tests.server.conftest import AppUser
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_long_poll_answers_promptly_on_a_change(ann: AppUser) -> None:
+    status, latest = await ann.call("GET", "/v1/changes?cursor=latest")
+    assert status == 200 and latest == {"changes": [], "cursor": 0, "more": False}
+    poll = asyncio.create_task(ann.call("GET", "/v1/changes?cursor=0&wait=20"))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    started = time.monotonic()
+    await ann.mkdir(ann.root, "wake-up")
+    status, body = await asyncio.wait_for(poll, 5)
+    elapsed = time.monotonic() - started
+    assert status == 200 and [c["name"] for c in body["changes"]] == ["wake-up"]
+    assert body["cursor"] == 1
+    assert elapsed < 0.5, f"long-poll answered {elapsed:.3f} s after the change"
+
+
+async def test_long_poll_times_out_and_ignores_other_users(ann: AppUser, ben: AppUser) -> None:
+    poll = asyncio.create_task(ann.call("GET", "/v1/changes?cursor=0&wait=0.6"))
+    started = time.monotonic()
+    await asyncio.sleep(0.1)
+    await ben.mkdir(ben.root, "not-for-ann")
+    status, body = await poll
+    elapsed = time.monotonic() - started
+    assert status == 200 and body == {"changes": [], "cursor": 0, "more": False}
+    assert 0.55 <= elapsed < 3, elapsed
+
+
+async def test_changes_paging_fields_and_cursor_expired(ann: AppUser, client: TestClient) -> None:
+    d = await ann.mkdir(ann.root, "d")
+    f = await ann.create_file(d["id"], "f", b"abc")
+    await ann.commit(f["id"], 1, b"abcd")
+    await ann.call("PATCH", f"/v1/nodes/{f['id']}", {"mode": 0o600})
+    await ann.call("POST", f"/v1/nodes/{f['id']}/move", {"parent": ann.root, "name": "g"})
+    await ann.call("DELETE", f"/v1/nodes/{f['id']}")
+    status, page = await ann.call("GET", "/v1/changes?cursor=0&limit=4")
+    assert [c["seq"] for c in page["changes"]] == [1, 2, 3, 4] and page["more"] is True
+    assert page["cursor"] == 4
+    status, page = await ann.call("GET", "/v1/changes?cursor=4")
+    assert [c["op"] for c in page["changes"]] == ["move", "delete"] and page["more"] is False
+    move = page["changes"][0]
+    assert move == {
+        "seq": 5,
+        "op": "move",
+        "node": f["id"],
+        "type": "file",
+        "parent": ann.root,
+        "name": "g",
+        "version": 2,
+        "device": "test",
+        "time_ns": move["time_ns"],
+        "old_parent": d["id"],
+        "old_name": "f",
+    }
+    dropped = await client.app[META].compact_log(keep_last=2, older_than_ns=None)
+    assert dropped == 4
+    status, body = await ann.call("GET", "/v1/changes?cursor=3")
+    assert status == 410 and body["error"] == "cursor_expired"
+    assert body["oldest"] == 5 and body["latest"] == 6
+    status, page = await ann.call("GET", "/v1/changes?cursor=4")
+    assert status == 200 and len(page["changes"]) == 2
+    status, body = await ann.call("GET", "/v1/changes?cursor=99")
+    assert status == 410
+
+
+async def test_quota_refuses_growth_with_507(
+    make_user: Callable[..., Awaitable[AppUser]],
+) -> None:
+    quo = await make_user("quo", quota=10)
+    f = await quo.create_file(quo.root, "f", b"12345678")
+    status, body = await quo.commit(f["id"], 1, b"123456789ab")
+    assert status == 507 and body["error"] == "quota_exceeded"
+    assert body["quota_bytes"] == 10 and body["used_bytes"] == 8
+    status, body = await quo.call(
+        "POST",
+        f"/v1/nodes/{quo.root}/children",
+        {"name": "g", "type": "file", "size": 3, "blocks": await quo.upload(b"xyz")},
+    )
+    assert status == 507
+    status, _ = await quo.commit(f["id"], 1, b"1234567890")  # exactly at the quota
+    assert status == 200
+    status, _ = await quo.commit(f["id"], 2, b"12")  # shrinking is always allowed
+    assert status == 200
+    status, me = await quo.call("GET", "/v1/me")
+    assert me["quota_bytes"] == 10
+    # Trash does not count; restoring it counts again.
+    await quo.call("DELETE", f"/v1/nodes/{f['id']}")
+    g = await quo.create_file(quo.root, "g", b"123456789")
+    status, body = await quo.call("POST", f"/v1/trash/{f['id']}/restore")
+    assert (status, body["error"]) == (507, "quota_exceeded")
+    status, _ = await quo.call("POST", f"/v1/nodes/{g['id']}/versions/1/restore")
+    assert status == 200  # same size: no growth
+
+
+async def test_usage_counts_logical_stored_and_dedup(ann: AppUser) -> None:
+    d = await ann.mkdir(ann.root, "d")
+    await ann.create_file(d["id"], "a", b"abcdabcd")  # two identical 4-byte blocks
+    await ann.create_file(ann.root, "b", b"abcd")
+    _, usage = await ann.call("GET", "/v1/usage")
+    assert usage == {
+        "logical_bytes": 12,
+        "stored_bytes": 4,
+        "dedup_ratio": 3.0,
+        "quota_bytes": None,
+        "files": 2,
+        "directories": 1,
+    }
+
+
+async def test_openapi_documents_every_route_and_only_those(
+    ann: AppUser, client: TestClient
+) -> None:
+    status, doc = await ann.call("GET", "/v1/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    documented = {(method.upper(), path) for path, ops in doc["paths"].items() for method in ops}
+    registered = set()
+    for route in client.app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter")
+        path = re.sub(r"\{(\w+)(:[^}]*)?\}", r"{\1}", path)
+        registered.add((route.method, path))
+    assert registered == documented
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            assert op["responses"], (method, path)
+            for name in re.findall(r"\{(\w+)\}", path):
+                assert any(p["name"] == name and p["in"] == "path" for p in op["parameters"])
+            if method in ("post", "put", "patch") and "requestBody" not in op:
+                assert path.endswith("/restore") and "versions" in path, (method, path)
+    assert doc == openapi.document()
