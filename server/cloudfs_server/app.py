@@ -189,7 +189,7 @@ async def _wake_long_polls(app: web.Application) -> None:
 
 
 def create_app(config: ServerConfig) -> web.Application:
-    from cloudfs_server import routes  # routes import app keys from here
+    from cloudfs_server import devices, routes  # they import app keys from here
 
     app = web.Application(
         client_max_size=config.json_max_bytes,
@@ -201,4 +201,5 @@ def create_app(config: ServerConfig) -> web.Application:
     app.cleanup_ctx.append(_purge_ctx)
     app.on_shutdown.append(_wake_long_polls)
     routes.setup(app)
+    devices.setup(app)  # /v1/devices… (issue 5): routes, registry, lease task
     return app

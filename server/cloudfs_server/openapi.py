@@ -606,6 +606,8 @@ def _paths() -> J:
 
 @functools.cache
 def document() -> J:
+    from cloudfs_server import devices_openapi  # device routes (issue 5); imports our helpers
+
     return {
         "openapi": "3.1.0",
         "info": {
@@ -618,5 +620,5 @@ def document() -> J:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": _paths(),
+        "paths": {**_paths(), **devices_openapi.paths()},
     }
