@@ -9,6 +9,8 @@ Key layout (docs/client.md, "Cache key layout"):
     queue      u64be node id                        -> pending commit JSON (survives restarts)
     conflicts  u64be time_ns                        -> conflict JSON
     state      ASCII key                            -> JSON value (counters, change cursor)
+    listed     u64be directory id                   -> b"" (every child is in `entries`; kept
+                                                       complete by the change feed, docs/sync.md)
 
 Invariants: `used_bytes` is the sum of sizes of stored blocks; dirty blocks (not yet on the server)
 are never evicted; every write is one transaction that never spans an await (there are none here).
@@ -72,6 +74,7 @@ class LocalCache:
         self.queue = self.env.open_db(b"queue")
         self.conflicts = self.env.open_db(b"conflicts")
         self.state = self.env.open_db(b"state")
+        self.listed = self.env.open_db(b"listed")
         self._lru: OrderedDict[str, int] = OrderedDict()  # clean blocks, oldest first
         self._verified: set[str] = set()  # blocks rehashed since this process opened the cache
         self.used_bytes = 0
@@ -316,6 +319,53 @@ class LocalCache:
     def drop_entry(self, parent_id: int, name: str) -> None:
         with self.env.begin(write=True, db=self.entries) as txn:
             txn.delete(_u64(parent_id) + name.encode())
+
+    def put_entry(self, parent_id: int, name: str, node_id: int) -> None:
+        """Record a name whose node object is not cached (yet); readers fetch the node."""
+        with self.env.begin(write=True, db=self.entries) as txn:
+            txn.put(_u64(parent_id) + name.encode(), _u64(node_id))
+
+    def list_entries(
+        self, parent_id: int, after: str | None = None, limit: int = 1000
+    ) -> list[tuple[str, int]]:
+        """Cached `(name, child id)` of a directory, sorted by UTF-8 bytes, names > `after`."""
+        prefix = _u64(parent_id)
+        start = prefix + (after.encode() + b"\0" if after is not None else b"")
+        out: list[tuple[str, int]] = []
+        with self.env.begin(db=self.entries) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(start):
+                return out
+            for key, val in cur:
+                if not key.startswith(prefix) or len(out) >= limit:
+                    break
+                out.append((key[8:].decode(), _U64.unpack(val)[0]))
+        return out
+
+    def put_listing(self, parent_id: int, nodes: Iterable[dict[str, Any]]) -> None:
+        """Store a complete listing of a directory (node objects) and mark it listed, in one
+        transaction. Entries already cached are kept (the change feed removes stale ones)."""
+        with self.env.begin(write=True) as txn:
+            for obj in nodes:
+                txn.put(_u64(obj["id"]), json.dumps(obj).encode(), db=self.nodes)
+                txn.put(_u64(parent_id) + obj["name"].encode(), _u64(obj["id"]), db=self.entries)
+            txn.put(_u64(parent_id), b"", db=self.listed)
+
+    def is_listed(self, dir_id: int) -> bool:
+        with self.env.begin(db=self.listed) as txn:
+            return txn.get(_u64(dir_id)) is not None
+
+    def drop_listed(self, dir_id: int) -> None:
+        with self.env.begin(write=True, db=self.listed) as txn:
+            txn.delete(_u64(dir_id))
+
+    def drop_metadata(self) -> int:
+        """Forget every cached node, entry and listing (a rescan). Returns the nodes dropped."""
+        with self.env.begin(write=True) as txn:
+            count = txn.stat(self.nodes)["entries"]
+            for db in (self.nodes, self.entries, self.listed):
+                txn.drop(db, delete=False)
+        return int(count)
 
     # ---- commit queue ------------------------------------------------------------------------
     def put_queued(self, node_id: int, entry: dict[str, Any]) -> None:
