@@ -176,6 +176,11 @@ def machine() -> str:
     )
 
 
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.1f} (1 min) / {five:.1f} (5 min) when the section was written"
+
+
 def git_commit() -> str:
     try:
         rev = subprocess.run(
@@ -199,7 +204,7 @@ def header(runs: int, extra: str = "") -> str:
     lines = [
         f"- Command: `{command_line()}`",
         f"- Date: {now}; commit {git_commit()}",
-        f"- Machine: {machine()}",
+        f"- Machine: {machine()}; load average {load()} (other work on the machine adds noise)",
         f"- {runs} run(s) per measurement; cells are the median (min-max) over runs; the ratio is "
         "the median of the per-run ratios (both sides measured in the same run, interleaved).",
     ]
@@ -313,6 +318,25 @@ def hash_file(path: Path, chunk: int = 4 * MiB) -> tuple[str, int]:
             h.update(memoryview(buf)[:n])
             total += n
     return h.hexdigest(), total
+
+
+LOG_DIR = Path("/var/tmp/cloudfs-bench-logs")
+
+
+def keep_logs(base: Path, suite: str) -> Path | None:
+    """Copy the *.log files of a suite's work dir to /var/tmp/cloudfs-bench-logs/<suite>/ (the
+    work dir is deleted; the logs of the last run stay for whoever reads a FAILED cell)."""
+    dest = LOG_DIR / suite
+    logs = [p for p in base.rglob("*.log") if p.is_file()] if base.exists() else []
+    if not logs:
+        return None
+    import shutil
+
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in logs:
+        shutil.copy2(p, dest / str(p.relative_to(base)).replace("/", "__"))
+    return dest
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,0 +1,539 @@
+"""Mount suite (issue 3): the cloudfs FUSE mount next to tmpfs and `rclone mount --vfs-cache-mode
+full` of a local directory, in the same run: sequential write (until close and until stored), cold
+and warm sequential reads, random 4 KiB reads, 10,000 small files, `ls -lR`, untar, the client's
+peak RSS while copying a large file, and bytes uploaded after an insert at the front / an append.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchlib.common import (
+    DataSource,
+    GiB,
+    MiB,
+    Rows,
+    hash_file,
+    header,
+    keep_logs,
+    log,
+    measure,
+    table,
+    write_section,
+)
+from benchlib.filesystems import CloudfsFs, Fs, RcloneFs, TmpfsFs, start_all, tree_rss
+
+
+class Sizes:
+    def __init__(self, quick: bool) -> None:
+        self.big = 128 * MiB if quick else 1 * GiB
+        self.huge = 512 * MiB if quick else 4 * GiB
+        self.mid = 64 * MiB if quick else 256 * MiB
+        self.small_dirs, self.small_per_dir = (20, 50) if quick else (100, 100)
+        self.tree_files = 500 if quick else 3000
+        self.random_warm = 2000 if quick else 20_000
+        self.random_cold = 100 if quick else 300
+        self.small_cap_s = 60 if quick else 180
+
+    @property
+    def n_small(self) -> int:
+        return self.small_dirs * self.small_per_dir
+
+
+def human(n: int) -> str:
+    return f"{n // GiB} GiB" if n >= GiB and n % GiB == 0 else f"{n // MiB} MiB"
+
+
+class Sources:
+    """Input files on their own tmpfs, so reading them costs (almost) nothing."""
+
+    def __init__(self, base: Path, sizes: Sizes) -> None:
+        self.dir = base / "src"
+        self.sizes = sizes
+        self.hashes: dict[str, str] = {}
+        self.tree_files = 0
+        self.tree_bytes = 0
+
+    def create(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        total = self.sizes.big + self.sizes.huge + self.sizes.mid + 512 * MiB
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={total}", "tmpfs", str(self.dir)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        for name, size in (
+            ("big.bin", self.sizes.big),
+            ("huge.bin", self.sizes.huge),
+            ("mid.bin", self.sizes.mid),
+        ):
+            log(f"mount suite: generating {name} ({human(size)})")
+            self.hashes[name] = DataSource().write_file(self.dir / name, size)
+        self.make_tree()
+
+    def make_tree(self) -> None:
+        """A tar of real source files: packages from the project's own .venv site-packages."""
+        site = Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        site = site / "site-packages"
+        files: list[Path] = []
+        for top in sorted(p for p in site.iterdir() if p.is_dir()):
+            if top.name.endswith((".dist-info", ".egg-info")) or top.name.startswith("_"):
+                continue
+            for p in sorted(top.rglob("*")):
+                if "__pycache__" in p.parts or not p.is_file() or p.is_symlink():
+                    continue
+                files.append(p)
+            if len(files) >= self.sizes.tree_files:
+                break
+        with tarfile.open(self.dir / "tree.tar", "w") as tar:
+            for p in files:
+                tar.add(p, arcname=str(p.relative_to(site)))
+        self.tree_files = len(files)
+        self.tree_bytes = sum(p.stat().st_size for p in files)
+
+    def remove(self) -> None:
+        if os.path.ismount(self.dir):
+            subprocess.run(["umount", str(self.dir)], capture_output=True)
+
+
+# ---------------------------------------------------------------- measurements
+
+
+def copy_file(src: Path, dst: Path, chunk: int = MiB) -> None:
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(src, "rb", buffering=0) as fin, open(dst, "wb", buffering=0) as fout:
+        while True:
+            n = fin.readinto(buf)
+            if not n:
+                break
+            done = 0
+            while done < n:
+                done += fout.write(view[done:n])
+
+
+def read_file(path: Path, chunk: int = MiB) -> int:
+    buf = bytearray(chunk)
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            total += n
+    return total
+
+
+def random_reads(path: Path, size: int, count: int, seed: int) -> float:
+    rng = random.Random(seed)
+    offsets = [rng.randrange(size // 4096) * 4096 for _ in range(count)]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start = time.perf_counter()
+        for off in offsets:
+            if len(os.pread(fd, 4096, off)) != 4096:
+                raise OSError(f"short read at {off}")
+        return count / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+
+
+class RssSampler:
+    def __init__(self, pid: int, every_s: float = 0.05) -> None:
+        self.pid = pid
+        self.every_s = every_s
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.pid))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> RssSampler:
+        self.peak = tree_rss(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, tree_rss(self.pid))
+
+
+def one_run(fs: Fs, run: int, src: Sources, sizes: Sizes, rows: Rows) -> None:
+    rel = f"r{run}"
+    base = fs.path / rel
+    base.mkdir(parents=True, exist_ok=True)
+    big = base / "big.bin"
+    bl = human(sizes.big)
+    name = fs.name
+
+    def m(label: str, unit: str, fn: Callable[[], float], hib: bool = True) -> float | None:
+        return measure(rows, label, unit, name, run, fn, hib)
+
+    # 1. sequential write, until close() returns, then until the backend has it
+    t0 = [0.0]
+
+    def seq_write() -> float:
+        t0[0] = time.perf_counter()
+        copy_file(src.dir / "big.bin", big)
+        return sizes.big / (time.perf_counter() - t0[0]) / 1e6
+
+    def seq_stored() -> float:
+        fs.wait_stored(f"{rel}/big.bin", sizes.big)
+        return sizes.big / (time.perf_counter() - t0[0]) / 1e6
+
+    if m(f"sequential write {bl}, until close() returns", "MB/s", seq_write) is not None:
+        m(f"sequential write {bl}, until stored (server / remote has it)", "MB/s", seq_stored)
+
+    # 2. cold and warm sequential read (content checked after the timed reads)
+    def seq_read() -> float:
+        start = time.perf_counter()
+        n = read_file(big)
+        elapsed = time.perf_counter() - start
+        if n != sizes.big:
+            raise OSError(f"read {n} bytes, expected {sizes.big}")
+        return n / elapsed / 1e6
+
+    def cold_read() -> float:
+        fs.cold()
+        return seq_read()
+
+    def warm_read_checked() -> float:
+        rate = seq_read()
+        digest, n = hash_file(big)
+        if digest != src.hashes["big.bin"] or n != sizes.big:
+            raise OSError("content read back differs from what was written")
+        return rate
+
+    m(f"sequential read {bl}, cold (fresh client cache, page cache dropped)", "MB/s", cold_read)
+    m(f"sequential read {bl}, warm (read again)", "MB/s", warm_read_checked)
+
+    # 3. random 4 KiB reads
+    m(
+        "random 4 KiB reads, warm file",
+        "IOPS",
+        lambda: random_reads(big, sizes.big, sizes.random_warm, run),
+    )
+
+    def cold_random() -> float:
+        fs.cold()
+        return random_reads(big, sizes.big, sizes.random_cold, run + 100)
+
+    m("random 4 KiB reads, cold (fresh client cache)", "IOPS", cold_random)
+    try:
+        big.unlink()
+    except OSError as exc:
+        log(f"  could not remove {big}: {exc}")
+
+    # 4. small files
+    small = base / "small"
+    gen = DataSource()
+    contents = [gen.block(4096, i)[: 512 + (i * 997) % 7680] for i in range(sizes.n_small)]
+    created = [0]
+
+    def small_files() -> float:
+        start = time.perf_counter()
+        deadline = start + sizes.small_cap_s
+        i = 0
+        for d in range(sizes.small_dirs):
+            sub = small / f"d{d:03d}"
+            sub.mkdir(parents=True)
+            for f in range(sizes.small_per_dir):
+                with open(sub / f"f{f:03d}.txt", "wb") as fh:
+                    fh.write(contents[i])
+                i += 1
+            created[0] = i
+            if time.perf_counter() > deadline:
+                raise TimeoutError(
+                    f"stopped after {i} files at the {sizes.small_cap_s} s cap "
+                    f"({i / (time.perf_counter() - start):.0f} files/s)"
+                )
+        return i / (time.perf_counter() - start)
+
+    n_small = f"{sizes.n_small:,}"
+    t0 = time.perf_counter()
+    m(f"create+write+close {n_small} small files (0.5-8 KiB, 100 per dir)", "files/s", small_files)
+
+    def small_stored() -> float:
+        fs.wait_all_stored()
+        last = created[0] - 1
+        fs.wait_stored(
+            f"{rel}/small/d{last // sizes.small_per_dir:03d}/f{last % sizes.small_per_dir:03d}.txt",
+            len(contents[last]),
+        )
+        return created[0] / (time.perf_counter() - t0)
+
+    if created[0] == sizes.n_small:
+        m(f"create+write+close {n_small} small files, until all stored", "files/s", small_stored)
+
+    # 5. ls -lR, cold (remounted, page cache dropped) and warm
+    entries = created[0] + sizes.small_dirs
+
+    def ls_lr(remount: bool) -> float:
+        if remount:
+            fs.remount()
+        start = time.perf_counter()
+        out = subprocess.run(["ls", "-lR", str(small)], capture_output=True, text=True, timeout=600)
+        elapsed = time.perf_counter() - start
+        if out.returncode != 0:
+            raise OSError(f"ls -lR exited {out.returncode}: {out.stderr[:200]}")
+        listed = sum(1 for line in out.stdout.splitlines() if line[:1] in ("-", "d"))
+        if listed != entries:
+            raise OSError(f"ls -lR listed {listed} entries, expected {entries}")
+        return entries / elapsed
+
+    if created[0]:
+        m(
+            f"ls -lR of the {n_small}-file tree, cold (after remount)",
+            "entries/s",
+            lambda: ls_lr(True),
+        )
+        m(f"ls -lR of the {n_small}-file tree, warm", "entries/s", lambda: ls_lr(False))
+
+    # 6. untar a source tree
+    def untar() -> float:
+        dest = base / "untar"
+        dest.mkdir()
+        start = time.perf_counter()
+        out = subprocess.run(
+            ["tar", "-xf", str(src.dir / "tree.tar"), "-C", str(dest)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        elapsed = time.perf_counter() - start
+        if out.returncode != 0:
+            raise OSError(f"tar exited {out.returncode}: {out.stderr[:200]}")
+        found = sum(len(fs_files) for _, _, fs_files in os.walk(dest))
+        if found != src.tree_files:
+            raise OSError(f"untar left {found} files, expected {src.tree_files}")
+        return src.tree_files / elapsed
+
+    m(
+        f"untar a source tree ({src.tree_files:,} files, {src.tree_bytes / MiB:.0f} MiB)",
+        "files/s",
+        untar,
+    )
+
+
+def once_per_suite(fs: Fs, src: Sources, sizes: Sizes, rows: Rows) -> None:
+    """The heavy, near-deterministic ones: one run each."""
+    name = fs.name
+    base = fs.path / "once"
+    base.mkdir(parents=True, exist_ok=True)
+    hl = human(sizes.huge)
+
+    def m(label: str, unit: str, fn: Callable[[], float], hib: bool = True) -> float | None:
+        return measure(rows, label, unit, name, 0, fn, hib)
+
+    # peak RSS of the client while copying a big file
+    peak: list[float] = []
+
+    def copy_huge() -> float:
+        pid = fs.client_pid()
+        start = time.perf_counter()
+        if pid is None:
+            subprocess.run(["cp", str(src.dir / "huge.bin"), str(base / "huge.bin")], check=True)
+            elapsed = time.perf_counter() - start
+        else:
+            with RssSampler(pid) as sampler:
+                subprocess.run(
+                    ["cp", str(src.dir / "huge.bin"), str(base / "huge.bin")], check=True
+                )
+                elapsed = time.perf_counter() - start
+            peak.append(sampler.peak / MiB)
+        return sizes.huge / elapsed / 1e6
+
+    pid = fs.client_pid()
+    if pid is not None:
+        rows.get(f"client RSS before the {hl} copy", "MiB", False).add(name, 0, tree_rss(pid) / MiB)
+    m(f"cp of a {hl} file, until cp exits", "MB/s", copy_huge)
+    if peak:
+        rows.get(f"peak RSS of the client while copying a {hl} file", "MiB", False).add(
+            name, 0, peak[0]
+        )
+    try:
+        (base / "huge.bin").unlink()
+    except OSError as exc:
+        log(f"  could not remove huge.bin: {exc}")
+
+    # bytes uploaded for an insert at the front and an append
+    if fs.uploaded_bytes() is None:
+        return
+    ml = human(sizes.mid)
+    mid = base / "mid.bin"
+    state: dict[str, int] = {}
+
+    def setup_mid() -> float:
+        copy_file(src.dir / "mid.bin", mid)
+        fs.wait_stored("once/mid.bin", sizes.mid)
+        fs.wait_all_stored()
+        state["before"] = fs.uploaded_bytes() or 0
+        return 0.0
+
+    def insert_front() -> float:
+        fresh = DataSource().block(MiB, 0)
+        with open(mid, "r+b", buffering=0) as out, open(src.dir / "mid.bin", "rb") as fin:
+            out.write(fresh)
+            while chunk := fin.read(MiB):
+                out.write(chunk)
+        fs.wait_stored("once/mid.bin", sizes.mid + MiB)
+        fs.wait_all_stored()
+        after = fs.uploaded_bytes() or 0
+        state["after_insert"] = after
+        return (after - state["before"]) / MiB
+
+    def append() -> float:
+        with open(mid, "ab", buffering=0) as out:
+            out.write(DataSource().block(MiB, 0))
+        fs.wait_stored("once/mid.bin", sizes.mid + 2 * MiB)
+        fs.wait_all_stored()
+        return ((fs.uploaded_bytes() or 0) - state["after_insert"]) / MiB
+
+    try:
+        setup_mid()
+    except Exception as exc:  # harness boundary
+        for label in ("insert", "append"):
+            rows.get(
+                f"bytes uploaded: 1 MiB {label} on a {ml} file (ideal: 1 MiB)", "MiB", False
+            ).fail(name, f"setup failed: {exc}"[:160])
+        return
+    m(
+        f"bytes uploaded: 1 MiB insert at the front of a {ml} file (ideal: 1 MiB)",
+        "MiB",
+        insert_front,
+        False,
+    )
+    if "after_insert" in state:
+        m(f"bytes uploaded: 1 MiB append to the {ml} file (ideal: 1 MiB)", "MiB", append, False)
+
+
+# ---------------------------------------------------------------- the suite
+
+
+def run(runs: int, quick: bool) -> bool:
+    sizes = Sizes(quick)
+    base = Path(tempfile.mkdtemp(prefix="cloudfs-bench-mount-", dir="/var/tmp"))
+    src = Sources(base, sizes)
+    cloudfs = CloudfsFs(base / "cloudfs", cache_size="16G")
+    tmpfs = TmpfsFs(base / "tmpfs", size=f"{sizes.big + sizes.huge + 2 * GiB}")
+    rclone = RcloneFs(base / "rclone")
+    fss: list[Fs] = [cloudfs, tmpfs, rclone]
+    rows = Rows()
+    error = ""
+    started: dict[str, str] = {}
+    try:
+        src.create()
+        started = start_all(fss)
+        live = [fs for fs in fss if fs.name not in started]
+        for run_no in range(runs):
+            log(f"mount suite: run {run_no + 1}/{runs}")
+            order = live[run_no % len(live) :] + live[: run_no % len(live)] if live else []
+            for fs in order:
+                log(f"mount suite: {fs.name}")
+                one_run(fs, run_no, src, sizes, rows)
+        for fs in live:
+            log(f"mount suite: {fs.name}, once-per-suite measurements")
+            once_per_suite(fs, src, sizes, rows)
+    except Exception as exc:  # the suite could not complete: say so in the document
+        error = f"{type(exc).__name__}: {exc}"
+        log(f"mount suite FAILED: {error}")
+    finally:
+        for fs in fss:
+            try:
+                fs.stop()
+            except Exception as exc:  # keep cleaning up the others
+                log(f"mount suite: stopping {fs.name}: {exc}")
+        src.remove()
+        kept = keep_logs(base, "mount")
+        if kept:
+            log(f"mount suite: logs kept in {kept}")
+        shutil.rmtree(base, ignore_errors=True)
+    for fs_name, msg in started.items():
+        for row in rows:
+            row.fail(fs_name, "could not start (see above)")
+        if not list(rows):
+            error = error or f"{fs_name} could not start: {msg}"
+    write_doc(rows, runs, quick, sizes, src, error, started)
+    return not error and not started
+
+
+def write_doc(
+    rows: Rows,
+    runs: int,
+    quick: bool,
+    sizes: Sizes,
+    src: Sources,
+    error: str,
+    not_started: dict[str, str],
+) -> None:
+    name = "mount-quick" if quick else "mount"
+    title = "## Mount (issue 3): cloudfs FUSE mount vs tmpfs and rclone mount" + (
+        " — quick smoke run" if quick else ""
+    )
+    parts = [
+        title,
+        "",
+        header(
+            runs,
+            "Baselines in the same run: tmpfs, and `rclone mount "
+            "--vfs-cache-mode full` (defaults: 5 s write-back) of a local "
+            "directory on the same disk as the cloudfs server's data.",
+        ),
+        "",
+    ]
+    if error:
+        parts += [f"**The suite did not complete: {error}**", ""]
+    for fs_name, msg in not_started.items():
+        parts += [f"**{fs_name} could not be started: {msg}**", ""]
+    parts.append(table(rows, "cloudfs", [("tmpfs", "tmpfs"), ("rclone", "rclone")], "cloudfs"))
+    parts += [
+        "",
+        NOTES.format(
+            big=human(sizes.big),
+            huge=human(sizes.huge),
+            mid=human(sizes.mid),
+            warm=sizes.random_warm,
+            cold=sizes.random_cold,
+            cap=sizes.small_cap_s,
+        ),
+    ]
+    write_section(name, "\n".join(parts))
+
+
+NOTES = """Notes:
+- Writes copy from a file on a separate tmpfs with 1 MiB `write()` calls. "until stored": cloudfs =
+  the server answers the file's node with the full size over HTTP (close() already waits for the
+  commit); rclone = its backing directory has the full file and its rc `vfs/stats` shows no upload
+  queued or in progress; tmpfs = close.
+- Cold: cloudfs is remounted with a fresh, empty cache dir; rclone is remounted with its VFS cache
+  deleted; then `sync; echo 3 > /proc/sys/vm/drop_caches`. tmpfs cannot be made cold (its data is
+  the page cache). Reads use 1 MiB `readinto` into one buffer; the warm read is followed (untimed)
+  by a BLAKE3 check of the whole content against what was written.
+- Random reads: {warm} warm and {cold} cold `pread`s of 4 KiB at random aligned offsets of the {big}
+  file.
+- Small files: content unique per file; stopped (and reported FAILED) at {cap} s. `ls -lR` counts
+  the listed entries and fails if any is missing; "cold" = after a remount with the data cache kept.
+- Untar: `tar -xf` of a tar of packages from the project's .venv site-packages (real source files),
+  timed until tar exits; the extracted file count is checked.
+- Peak RSS (cloudfs and rclone only, one run): RSS of the mount process and its children sampled
+  every 50 ms during `cp` of a {huge} file from tmpfs.
+- Bytes uploaded (one run): after a {mid} file is stored, 1 MiB is inserted at its front (the file
+  is rewritten from offset 0, as a program inserting would) and then 1 MiB is appended. cloudfs:
+  delta of `stored_bytes` from `GET /v1/usage` (new distinct blocks the server had to store; the
+  API has no per-request byte counter); rclone: delta of `bytes` from its rc `core/stats` (bytes
+  transferred to the remote)."""
