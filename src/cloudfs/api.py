@@ -51,6 +51,7 @@ class ApiClient:
         )
         self.bytes_downloaded = 0
         self.bytes_uploaded = 0
+        self.requests = 0  # HTTP requests sent, except the change feed's (`cloudfs status`)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -83,6 +84,8 @@ class ApiClient:
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
+        if path != "/v1/changes":
+            self.requests += 1
         try:
             resp = await self._client.request(
                 method,

@@ -305,12 +305,13 @@ class LocalCache:
             raw = txn.get(_u64(parent_id) + name.encode())
         return None if raw is None else _U64.unpack(raw)[0]
 
-    def drop_node(self, node_id: int) -> None:
+    def drop_node(self, node_id: int, keep_entry: bool = False) -> None:
+        """Forget a node object and (unless `keep_entry`) the name that points to it."""
         with self.env.begin(write=True) as txn:
             raw = txn.get(_u64(node_id), db=self.nodes)
             if raw is not None:
                 obj = json.loads(raw)
-                if obj.get("parent") is not None:
+                if obj.get("parent") is not None and not keep_entry:
                     ekey = _u64(obj["parent"]) + obj["name"].encode()
                     if txn.get(ekey, db=self.entries) == _u64(node_id):
                         txn.delete(ekey, db=self.entries)

@@ -37,13 +37,13 @@ BLKSIZE = 1 << 20
 class Notifier(Protocol):
     """Drops kernel caches. Implementations must not block the event loop (worker thread)."""
 
-    def invalidate_inode(self, ino: int) -> None: ...
+    def invalidate_inode(self, ino: int, attr_only: bool = False) -> None: ...
 
     def invalidate_entry(self, parent_ino: int, name: bytes) -> None: ...
 
 
 class NullNotifier:
-    def invalidate_inode(self, ino: int) -> None:
+    def invalidate_inode(self, ino: int, attr_only: bool = False) -> None:
         pass
 
     def invalidate_entry(self, parent_ino: int, name: bytes) -> None:
@@ -80,6 +80,8 @@ class DirHandle:
     entries: list[Node]
     next_after: str | None
     done: bool
+    from_cache: bool = False  # pages come from the LMDB listing (live change feed)
+    sync_generation: int = -1  # fs.sync_generation when the server listing started
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,7 @@ class FileSystem:
         self._next_fh = 1
         self._queue_wakeup = trio.Event()
         self.metadata_live = False  # set by the change feed: cached metadata is authoritative
+        self.sync_generation = 0  # bumped by the change feed for every foreign change it applies
         self.uid = os.getuid()
         self.gid = os.getgid()
         self.commits = 0
@@ -180,7 +183,9 @@ class FileSystem:
 
     def _fresh(self, inode: Inode) -> bool:
         """Whether `inode`'s metadata may be served without asking the server."""
-        if self.metadata_live or inode.unlinked:
+        if inode.unlinked:
+            return True
+        if self.metadata_live and inode.fetched_at_s != float("-inf"):  # not invalidated
             return True
         return time.monotonic() - inode.fetched_at_s < self.options.attr_timeout_s
 
@@ -195,14 +200,18 @@ class FileSystem:
     ) -> None:
         """The one place that forgets cached metadata about a node (and a directory entry):
         the LMDB copy, the inode's freshness, and the kernel's caches (via the notifier, which
-        works off the event loop). Safe to call for nodes the mount never saw. Never raises."""
-        self.cache.drop_node(node_id)
+        works off the event loop). Safe to call for nodes the mount never saw. Never raises.
+        The node's own directory entry stays (lookups then ask the server for the node); it is
+        dropped only when `parent_id`/`name` are given. Pages of an open file are kept (only
+        its attributes are invalidated): full invalidation during a read can deadlock."""
+        self.cache.drop_node(node_id, keep_entry=True)
         inode = self.table.by_node(node_id)
         if inode is not None:
             inode.fetched_at_s = float("-inf")
             if data:
                 inode.page_cache_version = None
-            self.notifier.invalidate_inode(inode.ino)
+            attr_only = not data or inode.opens > 0 or inode.node.is_dir
+            self.notifier.invalidate_inode(inode.ino, attr_only=attr_only)
         if parent_id is not None and name is not None:
             self.cache.drop_entry(parent_id, name)
             parent = self.table.by_node(parent_id)
@@ -212,7 +221,20 @@ class FileSystem:
     # ==== lookups and attributes =================================================================
     async def lookup(self, parent_ino: int, name: bytes) -> Attr:
         parent = self._dir(parent_ino)
-        node = await self.api.lookup(parent.node_id, decode_name(name))
+        name_s = decode_name(name)
+        if self.metadata_live:  # the change feed keeps the LMDB metadata current
+            child_id = self.cache.get_entry(parent.node_id, name_s)
+            if child_id is not None:
+                cached = self.cache.get_node(child_id)
+                if cached is not None:
+                    return self.attr_of(self._learn(Node.from_json(cached), lookups=1))
+            elif self.cache.is_listed(parent.node_id):
+                raise errors.NodeNotFoundError(f"{name_s} does not exist (cached listing)")
+        try:
+            node = await self.api.lookup(parent.node_id, name_s)
+        except errors.NodeNotFoundError:
+            self.cache.drop_entry(parent.node_id, name_s)
+            raise
         return self.attr_of(self._learn(node, lookups=1))
 
     def forget(self, items: list[tuple[int, int]]) -> None:
@@ -436,10 +458,12 @@ class FileSystem:
         index = start
         while True:
             while index >= len(handle.entries) and not handle.done:
-                page, nxt = await self.api.children(handle.node_id, after=handle.next_after)
+                page, nxt = await self._children_page(handle)
                 handle.entries.extend(page)
                 handle.next_after = nxt
                 handle.done = nxt is None or not page
+                if handle.done and not handle.from_cache:
+                    self._maybe_mark_listed(handle)
             if index >= len(handle.entries):
                 return
             node = handle.entries[index]
@@ -450,6 +474,39 @@ class FileSystem:
                 return
             self._learn(node, lookups=1)
             index += 1
+
+    async def _children_page(self, handle: DirHandle) -> tuple[list[Node], str | None]:
+        """The next page of a listing: from LMDB when the change feed is live and the directory
+        was listed completely before (nodes missing there are fetched one by one), else from the
+        server."""
+        if not handle.entries and handle.next_after is None:
+            handle.from_cache = self.metadata_live and self.cache.is_listed(handle.node_id)
+            handle.sync_generation = self.sync_generation
+        if not handle.from_cache:
+            return await self.api.children(handle.node_id, after=handle.next_after)
+        names = self.cache.list_entries(handle.node_id, after=handle.next_after, limit=1000)
+        page: list[Node] = []
+        for name, child_id in names:
+            cached = self.cache.get_node(child_id)
+            if cached is not None:
+                page.append(Node.from_json(cached))
+                continue
+            try:
+                node = await self.api.get_node(child_id)
+            except errors.NodeNotFoundError:
+                node = None
+            if node is None or node.parent != handle.node_id or node.name != name:
+                self.cache.drop_entry(handle.node_id, name)  # stale; the feed fixes the rest
+                continue
+            self.cache.put_node(node.to_json())
+            page.append(node)
+        return page, (names[-1][0] if len(names) == 1000 else None)
+
+    def _maybe_mark_listed(self, handle: DirHandle) -> None:
+        """A complete server listing read while the feed was live and applied no foreign change
+        in between: remember it, so later listings and lookups need no server call."""
+        if self.metadata_live and handle.sync_generation == self.sync_generation:
+            self.cache.put_listing(handle.node_id, (n.to_json() for n in handle.entries))
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
@@ -494,6 +551,19 @@ class FileSystem:
                 state.close_staging()
                 del self._files[ino]
                 state = None
+            elif (
+                state is not None
+                and state.writers == 0
+                and not state.is_dirty
+                and not state.queued
+                and inode.page_cache_version != state.base_version
+                and not inode.unlinked
+            ):
+                # readers only, and the change feed said the file changed: a new open sees the
+                # new version (close-to-open), as do the pages the kernel reads from now on
+                fresh = await self._refresh(inode, blocks=True)
+                if fresh.node.version != state.base_version and fresh.blocks is not None:
+                    state.rebase(fresh.node.version, fresh.blocks, fresh.node.mtime_ns)
             if state is None:
                 state = await self._state_for(inode)
             if flags & os.O_TRUNC and writable and state.size:

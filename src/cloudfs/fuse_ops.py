@@ -68,8 +68,8 @@ class KernelNotifier:
         self._thread = threading.Thread(target=self._run, name="cloudfs-invalidate", daemon=True)
         self._thread.start()
 
-    def invalidate_inode(self, ino: int) -> None:
-        self._queue.put(("inode", (ino,)))
+    def invalidate_inode(self, ino: int, attr_only: bool = False) -> None:
+        self._queue.put(("inode", (ino, attr_only)))
 
     def invalidate_entry(self, parent_ino: int, name: bytes) -> None:
         self._queue.put(("entry", (parent_ino, name)))
@@ -82,7 +82,7 @@ class KernelNotifier:
             kind, args = item
             try:
                 if kind == "inode":
-                    pyfuse3.invalidate_inode(args[0], attr_only=False)
+                    pyfuse3.invalidate_inode(args[0], attr_only=args[1])
                 else:
                     pyfuse3.invalidate_entry_async(args[0], args[1], ignore_enoent=True)
             except OSError as exc:  # ENOENT: the kernel no longer caches it

@@ -30,6 +30,7 @@ from cloudfs.cache import LocalCache
 from cloudfs.chunking import ChunkParams
 from cloudfs.filesystem import FileSystem, Options
 from cloudfs.fuse_ops import CloudfsOperations, KernelNotifier, raise_read_ahead
+from cloudfs.sync import SyncTask
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class Mount:
         self.cache = LocalCache(cache_dir / "lmdb", opts.cache_size_bytes)
         self.notifier = KernelNotifier()
         self.fs: FileSystem | None = None
+        self.sync: SyncTask | None = None
         self.ops: CloudfsOperations | None = None
         self.socket_path = config.control_socket_path(mountpoint)
         self.record_path = config.mount_record_path(mountpoint)
@@ -198,6 +200,8 @@ class Mount:
                 await self._start_control(nursery)
                 self._write_record()
                 nursery.start_soon(fs.queue_task)
+                self.sync = SyncTask(fs)
+                await nursery.start(self.sync.run)
                 nursery.start_soon(self._signals)
                 nursery.start_soon(self._after_mount)
                 await pyfuse3.main()
@@ -308,6 +312,8 @@ class Mount:
             "pid": os.getpid(),
             "started_at": self.started_at,
             "internal_errors": self.ops.internal_errors if self.ops else 0,
+            "requests": self.api.requests,
+            "sync": self.sync.statistics() if self.sync else None,
             **self.fs.status(),
         }
 

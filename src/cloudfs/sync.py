@@ -1,0 +1,268 @@
+"""Live sync of remote changes (layer 3): `SyncTask` follows the account's change log
+(`GET /v1/changes`, long-poll) from a cursor persisted in LMDB and drops exactly what each change
+made stale from the metadata cache and the kernel's caches. Design: docs/sync.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from cloudfs import errors
+from cloudfs.filesystem import FileSystem
+
+log = logging.getLogger(__name__)
+
+CURSOR_KEY = "sync.cursor"  # LMDB state key: seq of the last change applied to the cache
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    wait_s: float = 25.0  # long-poll hold asked of the server (it caps at 60 s)
+    wait_jitter_s: float = 5.0  # ± spread of the hold, so idle subscribers do not wake together
+    limit: int = 1000  # changes per page
+    backoff_min_s: float = 0.25  # first pause after a failed poll
+    backoff_max_s: float = 30.0  # longest pause between failed polls
+    max_busy_delay_s: float = 60.0  # cap on a server-suggested `retry_after_s`
+
+
+class SyncTask:
+    """Keeps one mount's metadata current. Start it in the mount's root nursery with
+    `nursery.start(task.run)`; it runs until cancelled and never raises `CloudfsError`.
+
+    Invariants:
+      - `fs.metadata_live` is True only while the cursor has caught up with the server and the
+        last poll succeeded; the filesystem then answers lookups, listings and attributes
+        from LMDB.
+      - Every change is applied synchronously (no await between the check and the drops), so a
+        filesystem handler never sees half of one change.
+      - The cursor is saved after a page is applied: after a crash the feed replays from the
+        saved cursor; replaying a change the cache already reflects is a no-op (see `_known`).
+    """
+
+    def __init__(self, fs: FileSystem, options: SyncOptions | None = None) -> None:
+        self.fs = fs
+        self.cache = fs.cache
+        self.api = fs.api
+        self.options = options or SyncOptions()
+        self.cursor: int | None = None
+        self.polls = 0
+        self.applied = 0  # foreign changes that dropped something
+        self.echoes = 0  # changes the cache already reflected (own changes, replays)
+        self.rescans = 0
+        self.errors = 0
+        self.last_lag_ms: float | None = None  # server commit -> applied here, last change
+        self.caught_up = trio.Event()
+        self._delay = self.options.backoff_min_s
+
+    # ---- the loop --------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            try:
+                await self._follow()
+            except errors.CursorExpiredError as exc:
+                await self._rescan(exc)
+                continue
+            except errors.CloudfsError as exc:
+                # unreachable, 5xx after retries, 401 after a token was revoked, bad answers
+                self.errors += 1
+                self._set_live(False)
+                pause = self._delay * (0.5 + random.random())
+                log.warning("change feed interrupted (%s); retrying in %.1fs", exc, pause)
+                await trio.sleep(pause)
+                self._delay = min(self._delay * 2, self.options.backoff_max_s)
+                continue
+
+    async def _follow(self) -> None:
+        """Catch up from the saved cursor, then long-poll. Returns never; raises on errors."""
+        if self.cursor is None:
+            saved = self.cache.get_state(CURSOR_KEY)
+            if saved is None:
+                await self._start_fresh()
+            else:
+                self.cursor = int(saved)
+                log.info("change feed: catching up from cursor %d", self.cursor)
+        while True:
+            assert self.cursor is not None
+            live = self.fs.metadata_live
+            wait_s = 0.0
+            if live:
+                jitter = random.uniform(-1, 1) * self.options.wait_jitter_s
+                wait_s = max(1.0, self.options.wait_s + jitter)
+            page = await self.api.changes(self.cursor, wait_s=wait_s, limit=self.options.limit)
+            self.polls += 1
+            changes = page.get("changes") or []
+            for change in changes:
+                self._apply(change)
+            new_cursor = int(page.get("cursor", self.cursor))
+            if new_cursor != self.cursor:
+                self.cursor = new_cursor
+                self.cache.set_state(CURSOR_KEY, new_cursor)
+            if not page.get("more") and not live:
+                self._set_live(True)
+                log.info("change feed live at cursor %d", self.cursor)
+                self.caught_up.set()
+            busy_s = page.get("retry_after_s")
+            if busy_s and not page.get("more"):
+                # the server is busy: it asks idle subscribers to come back later
+                await trio.sleep(min(float(busy_s), self.options.max_busy_delay_s))
+            self._delay = self.options.backoff_min_s  # the next failure starts small again
+
+    async def _start_fresh(self) -> None:
+        """First mount of this cache dir: start at the server's latest cursor. Metadata cached
+        before (an older client without a feed) cannot be trusted: forget it."""
+        page = await self.api.changes("latest")
+        self.cursor = int(page["cursor"])
+        dropped = self._forget_all()
+        self.cache.set_state(CURSOR_KEY, self.cursor)
+        log.info(
+            "change feed: new cache, starting at cursor %d (%d cached nodes dropped)",
+            self.cursor,
+            dropped,
+        )
+
+    async def _rescan(self, exc: errors.CursorExpiredError) -> None:
+        """The server compacted its log past our cursor: changes were lost to us, so nothing
+        cached about the namespace can be trusted. Forget it all (blocks stay: they are
+        addressed by content) and continue from the latest cursor; directories and attributes
+        are fetched again as they are used."""
+        self._set_live(False)
+        page = await self.api.changes("latest")
+        old = self.cursor
+        self.cursor = int(page["cursor"])
+        dropped = self._forget_all()
+        self.cache.set_state(CURSOR_KEY, self.cursor)
+        self.rescans += 1
+        log.warning(
+            "change log was compacted past cursor %s (server keeps %s..%s): rescanning — dropped "
+            "%d cached nodes and every cached listing, continuing from cursor %d",
+            old,
+            exc.details.get("oldest"),
+            exc.details.get("latest"),
+            dropped,
+            self.cursor,
+        )
+
+    def _set_live(self, live: bool) -> None:
+        if self.fs.metadata_live and not live:
+            log.info("change feed not live: metadata is checked with the server again")
+        self.fs.metadata_live = live
+
+    def _forget_all(self) -> int:
+        fs = self.fs
+        dropped = self.cache.drop_metadata()
+        fs.sync_generation += 1
+        for inode in list(fs.table):
+            fs.invalidate(inode.node_id, data=False)  # version checks guard the page cache
+            self._kernel_entry(inode.node.parent, inode.node.name)
+        return dropped
+
+    # ---- applying one change ---------------------------------------------------------------------
+    def _known(self, change: dict[str, Any]) -> bool:
+        """Whether the cache already reflects `change` (this mount's own change coming back, or
+        a replay after restart): then nothing is dropped and nothing refetched. Decided by
+        state, not by device name, so two mounts that share a device name still see each
+        other: a node object at least as new (version and ctime, both set by the server in the
+        change's transaction) under the same name; for a delete, no trace of the node."""
+        node_id = int(change["node"])
+        cached = self.cache.get_node(node_id)
+        if change["op"] == "delete":
+            if cached is not None:
+                return False
+            parent, name = change.get("parent"), change.get("name")
+            if parent is not None and name and self.cache.get_entry(int(parent), name) == node_id:
+                return False
+            inode = self.fs.table.by_node(node_id)
+            return inode is None or inode.unlinked
+        if cached is None:
+            return False
+        return (
+            cached.get("parent") == change.get("parent")
+            and cached.get("name") == change.get("name")
+            and int(cached.get("version", 0)) >= int(change.get("version") or 0)
+            and int(cached.get("ctime_ns", 0)) >= int(change.get("time_ns") or 0)
+        )
+
+    def _apply(self, change: dict[str, Any]) -> None:
+        if self._known(change):
+            self.echoes += 1
+            return
+        self.applied += 1
+        fs, cache = self.fs, self.cache
+        op = change["op"]
+        node_id = int(change["node"])
+        parent = None if change.get("parent") is None else int(change["parent"])
+        name = change.get("name")
+        fs.sync_generation += 1
+        if op in ("modify", "setattr"):
+            fs.invalidate(node_id, data=(op == "modify"))
+        elif op in ("create", "restore"):
+            fs.invalidate(node_id, data=True)
+            self._add_entry(parent, name, node_id)
+        elif op == "move":
+            old_parent = change.get("old_parent")
+            old_name = change.get("old_name")
+            fs.invalidate(node_id, data=False)
+            if old_parent is not None and old_name is not None:
+                self._drop_entry(int(old_parent), old_name, node_id)
+            self._add_entry(parent, name, node_id)
+        elif op == "delete":
+            fs.invalidate(node_id, data=True)
+            if parent is not None and name is not None:
+                self._drop_entry(parent, name, node_id)
+            if change.get("type") == "dir":
+                cache.drop_listed(node_id)
+        else:
+            log.warning("change %s has unknown op %r; dropping what it names", change["seq"], op)
+            fs.invalidate(node_id, data=True)
+            if parent is not None:
+                cache.drop_listed(parent)
+        time_ns = change.get("time_ns")
+        if time_ns:
+            self.last_lag_ms = max(0.0, (time.time_ns() - int(time_ns)) / 1e6)
+
+    def _add_entry(self, parent: int | None, name: str | None, node_id: int) -> None:
+        """A name appeared: a listed directory records it (the node is fetched when used);
+        any kernel dentry under that name is stale."""
+        if parent is None or name is None:
+            return
+        if self.cache.is_listed(parent):
+            self.cache.put_entry(parent, name, node_id)
+        else:
+            self.cache.drop_entry(parent, name)
+        self._kernel_entry(parent, name)
+
+    def _drop_entry(self, parent: int, name: str, node_id: int) -> None:
+        """A name went away (only if it still names `node_id`: a later change may reuse it)."""
+        if self.cache.get_entry(parent, name) == node_id:
+            self.cache.drop_entry(parent, name)
+        self._kernel_entry(parent, name)
+
+    def _kernel_entry(self, parent: int | None, name: str | None) -> None:
+        if parent is None or not name:
+            return
+        parent_inode = self.fs.table.by_node(parent)
+        if parent_inode is not None:
+            self.fs.notifier.invalidate_entry(parent_inode.ino, name.encode())
+
+    # ---- introspection ---------------------------------------------------------------------------
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "live": self.fs.metadata_live,
+            "cursor": self.cursor,
+            "polls": self.polls,
+            "applied": self.applied,
+            "echoes": self.echoes,
+            "rescans": self.rescans,
+            "errors": self.errors,
+            "last_lag_ms": self.last_lag_ms,
+        }
+
+
+__all__ = ["CURSOR_KEY", "SyncOptions", "SyncTask"]
