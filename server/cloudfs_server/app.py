@@ -165,12 +165,14 @@ async def _purge_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
 
     async def purge_task() -> None:
+        delay = min(config.purge_interval_s, 10.0)  # once soon after start, then every interval
         while True:
-            await asyncio.sleep(config.purge_interval_s)
+            await asyncio.sleep(delay)
+            delay = config.purge_interval_s
             try:
                 versions, trashed = await app[META].purge(int(config.retention_days * DAY_NS))
-            except ServerError:
-                log.exception("purge failed")
+            except Exception:  # a background task's boundary: log, keep serving, retry later
+                log.exception("purge failed; retrying in %g s", delay)
                 continue
             if versions or trashed:
                 log.info("purged %d old versions and %d trashed nodes", versions, trashed)

@@ -61,8 +61,18 @@ class DirBlockStore(BlockStore):
 
     async def open(self) -> None:
         def run() -> None:
-            self.blocks_dir.mkdir(parents=True, exist_ok=True)
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self.blocks_dir.mkdir(parents=True, exist_ok=True)
+            # The 256 first-level directories exist from the start, so publishing a block
+            # creates at most one directory (and fsyncs at most two).
+            created = False
+            for first in range(256):
+                sub = self.blocks_dir / f"{first:02x}"
+                if not sub.is_dir():
+                    sub.mkdir()
+                    created = True
+            if created:
+                _fsync_dir(self.blocks_dir)
 
         await self._run(run)
 
@@ -143,15 +153,12 @@ class DirBlockStore(BlockStore):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        created = not final.parent.exists()
-        if created:
+        if not final.parent.is_dir():
             final.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(final.parent.parent)
         os.replace(staged.temp_path, final)
         staged.temp_path = None
         _fsync_dir(final.parent)
-        if created:
-            _fsync_dir(final.parent.parent)
-            _fsync_dir(self.blocks_dir)
 
     async def publish(self, staged: StagedBlock) -> None:
         await self._run(self._publish, staged)

@@ -232,6 +232,20 @@ class SqliteMetadataStore(MetadataStore):
         conn.execute("COMMIT")
         return result
 
+    def _lazy_write_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """A write that need not be durable on its own (WAL not fsynced at its commit).
+
+        In WAL mode the log is append-only, so the next durable commit (any namespace change)
+        fsyncs it together with this one. Used for upload rows: losing one to a power cut only
+        makes the client upload the block again, and a commit referencing it is itself durable.
+        """
+        conn = self._conn()
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return self._write_sync(fn, *args)
+        finally:
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+
     def _read_sync(self, fn: Callable[..., T], *args: Any) -> T:
         conn = self._conn()
         conn.execute("BEGIN")
@@ -584,7 +598,10 @@ class SqliteMetadataStore(MetadataStore):
             )
             return new
 
-        return await self._write(run)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(self._lazy_write_sync, run)
+        )
 
     async def missing_blocks(self, user_id: int, block_ids: list[str]) -> list[str]:
         def run(conn: sqlite3.Connection) -> list[str]:

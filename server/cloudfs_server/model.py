@@ -88,7 +88,11 @@ def validate_block_list(blocks: object, size: object) -> tuple[BlockList, int]:
 def validate_device(device: str | None) -> str:
     if device is None or device == "":
         return "api"
-    if len(device.encode("utf-8", "surrogateescape")) > DEVICE_MAX_BYTES:
+    try:
+        raw = device.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequestError("X-Cloudfs-Device is not valid UTF-8") from None
+    if len(raw) > DEVICE_MAX_BYTES:
         raise BadRequestError(f"X-Cloudfs-Device is longer than {DEVICE_MAX_BYTES} bytes")
     return device
 

@@ -87,7 +87,8 @@ async def test_chunked_oversize_block_is_refused_and_leaves_nothing(
     async with client.put(f"/v1/blocks/{bid(b'x')}", data=body(), headers=ann.headers()) as resp:
         assert resp.status == 413 and (await resp.json())["error"] == "too_large"
     assert list((data_dir / "tmp").iterdir()) == []
-    assert not (data_dir / "blocks" / bid(b"x")[:2]).exists()
+    block_id = bid(b"x")
+    assert not (data_dir / "blocks" / block_id[:2] / block_id[2:4]).exists()
 
 
 async def test_hash_mismatch_stores_nothing(ann: AppUser, data_dir: Path) -> None:

@@ -253,3 +253,26 @@ def test_sigterm_finishes_in_flight_requests(server: ServerProcess, alice: User)
     assert result and result[0][0] == 200, result
     log = server.log_path.read_text()
     assert "GET /v1/changes" in log  # one access-log line per request
+
+
+def test_serve_purges_history_and_trash_past_retention(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path / "data", "--retention-days", "0", "--purge-interval", "0.3")
+    srv.start()
+    try:
+        user = srv.add_user("alice")
+        api = Api(srv, user)
+        f = api.create_file(api.root, "f", b"one")
+        assert api.commit(f["id"], 1, b"two")[0] == 200
+        g = api.create_file(api.root, "g", b"gone")
+        assert api.call("DELETE", f"/v1/nodes/{g['id']}")[0] == 200
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            versions = api.call("GET", f"/v1/nodes/{f['id']}/versions")[1]["versions"]
+            trash = api.call("GET", "/v1/trash")[1]["entries"]
+            if len(versions) == 1 and not trash:
+                break
+            time.sleep(0.1)
+        assert [v["version"] for v in versions] == [2] and trash == []
+        assert api.read(f["id"]) == b"two"
+    finally:
+        srv.stop()
