@@ -277,14 +277,25 @@ def _fail(message: str) -> int:
     return 1
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
 def _mount_records() -> list[dict[str, Any]]:
+    """Records of running mounts (by their pid: no stat of a mountpoint, which may hang)."""
     out = []
     for path in sorted(config.runtime_dir().glob("*.json")):
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if isinstance(record, dict) and os.path.ismount(str(record.get("mountpoint", ""))):
+        if isinstance(record, dict) and _pid_alive(int(record.get("pid", 0))):
             out.append(record)
     return out
 
