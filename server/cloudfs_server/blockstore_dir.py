@@ -141,12 +141,16 @@ class DirBlockStore(BlockStore):
 
     def _publish(self, staged: StagedBlock) -> None:
         final = self.path_of(staged.block_id)
-        if final.exists():
+        try:
+            intact = final.stat().st_size == staged.size
+        except FileNotFoundError:
+            intact = False
+        if intact:
             if staged.temp_path is not None:
                 staged.temp_path.unlink(missing_ok=True)
             return
+        # Missing (gc removed it after stage() looked) or damaged (wrong size): write it anew.
         if staged.temp_path is None:
-            # The block vanished (gc) after stage() saw it: write it from memory.
             staged.temp_path, fd = self._new_temp()
             try:
                 _write_all(fd, staged.chunks)
