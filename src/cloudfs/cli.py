@@ -227,13 +227,18 @@ def _record(mountpoint: str) -> dict[str, Any] | None:
 
 
 def _pid_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its parent to reap it counts as gone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def _control(sock_path: str, request: dict[str, Any], timeout_s: float):  # type: ignore[no-untyped-def]

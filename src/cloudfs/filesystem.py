@@ -151,7 +151,9 @@ class FileSystem:
         node = inode.node
         size, mtime_ns = node.size, node.mtime_ns
         state = self._files.get(inode.ino)
-        if state is not None:
+        if state is not None and (state.writers or state.is_dirty or state.queued):
+            # this mount's content; a clean file open only for reading shows the server's
+            # current attributes (the change feed may have a newer version than its readers)
             size, mtime_ns = state.size, state.mtime_ns
         return Attr(
             ino=inode.ino,
@@ -235,7 +237,20 @@ class FileSystem:
         except errors.NodeNotFoundError:
             self.cache.drop_entry(parent.node_id, name_s)
             raise
+        except errors.TemporaryError:
+            node = self._cached_child(parent.node_id, name_s)  # offline: what we knew
+            if node is None:
+                raise
+            return self.attr_of(self.table.learn(node, lookups=1))
         return self.attr_of(self._learn(node, lookups=1))
+
+    def _cached_child(self, parent_id: int, name: str) -> Node | None:
+        """The metadata cache's idea of `name` in `parent_id` (used while offline)."""
+        child_id = self.cache.get_entry(parent_id, name)
+        if child_id is None:
+            return None
+        obj = self.cache.get_node(child_id)
+        return None if obj is None else Node.from_json(obj)
 
     def forget(self, items: list[tuple[int, int]]) -> None:
         """Never raises (pyfuse3 requires it)."""
@@ -260,10 +275,21 @@ class FileSystem:
         return self.attr_of(inode)
 
     async def _refresh(self, inode: Inode, blocks: bool = False) -> Inode:
+        """Fresh metadata (and block list) from the server. While the server is unreachable,
+        what we already know is served instead (offline reads of known files)."""
         try:
             node = await self.api.get_node(inode.node_id, blocks=blocks)
+        except errors.TemporaryError:
+            if inode.blocks is not None or not blocks:
+                log.info("server unreachable; serving cached metadata of %s", inode.node.name)
+                inode.fetched_at_s = time.monotonic()
+                return inode
+            raise
         except errors.NodeNotFoundError:
-            if inode.unlinked or (not blocks and inode.ino in self._files):
+            # Gone on the server (removed or replaced, possibly by a rename still in flight
+            # here): what we already hold stays readable, as on a local filesystem.
+            if inode.unlinked or inode.blocks is not None or inode.ino in self._files:
+                inode.unlinked = True
                 return inode
             raise
         return self._learn(node)

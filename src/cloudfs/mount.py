@@ -182,7 +182,7 @@ class Mount:
             await fs.start()
             self.ops = CloudfsOperations(fs, self.opts.attr_timeout_s, self.opts.attr_timeout_s)
             fuse_options = set(pyfuse3.default_options)
-            fuse_options |= {"fsname=cloudfs", "subtype=cloudfs", "noatime"}
+            fuse_options |= {"fsname=cloudfs", "subtype=cloudfs", "noatime", "auto_unmount"}
             try:
                 pyfuse3.init(self.ops, self.mountpoint, fuse_options)
             except RuntimeError as exc:
