@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import blake3
 import pytest
+from cloudfs_server.devices_registry import DeviceRegistry
+from cloudfs_server.devices_store import SqliteDeviceStore
 
 from tests.support import ServerProcess, User
 
@@ -19,8 +22,14 @@ def bid(n: int | str) -> str:
 class Dev:
     """One joined device of one user, over the real HTTP API."""
 
-    def __init__(self, server: ServerProcess, user: User, name: str, blocks: list[str],
-                 lease_s: int | None = None) -> None:
+    def __init__(
+        self,
+        server: ServerProcess,
+        user: User,
+        name: str,
+        blocks: list[str],
+        lease_s: int | None = None,
+    ) -> None:
         self.server, self.user = server, user
         body: dict[str, object] = {"device_name": name, "blocks": blocks}
         if lease_s is not None:
@@ -33,8 +42,12 @@ class Dev:
         self.lease_s: int = answer["lease_s"]
 
     def call(self, action: str, **body: object) -> tuple[int, object]:
-        return self.server.request("POST", f"/v1/devices/{self.device_id}/{action}", self.user,
-                                   {"session": self.session, **body})
+        return self.server.request(
+            "POST",
+            f"/v1/devices/{self.device_id}/{action}",
+            self.user,
+            {"session": self.session, **body},
+        )
 
     def ok(self, action: str, **body: object) -> dict:
         status, answer = self.call(action, **body)
@@ -94,7 +107,9 @@ def test_list_shows_names_last_seen_and_block_counts(server: ServerProcess, alic
     phone = Dev(server, alice, "phone", [bid(0)])
     listed = devices_of(server, alice)
     assert [(d["device_id"], d["device_name"], d["blocks"]) for d in listed] == [
-        (laptop.device_id, "laptop", 5), (phone.device_id, "phone", 1)]
+        (laptop.device_id, "laptop", 5),
+        (phone.device_id, "phone", 1),
+    ]
     for d in listed:
         assert before_ns <= d["joined_ns"] <= d["last_seen_ns"] <= time.time_ns()
         assert d["lease_s"] == 60 and 0 < d["expires_in_s"] <= 60
@@ -115,18 +130,23 @@ def test_blocks_added_and_removed_in_batches(server: ServerProcess, alice: User)
     ids = [bid(i) for i in range(25_000)]
     dev = Dev(server, alice, "big", ids[:10_000])
     for start in range(10_000, 25_000, 10_000):
-        answer = dev.ok("blocks", add=ids[start:start + 10_000])
-        assert answer["added"] == len(ids[start:start + 10_000])
+        answer = dev.ok("blocks", add=ids[start : start + 10_000])
+        assert answer["added"] == len(ids[start : start + 10_000])
     assert devices_of(server, alice)[0]["blocks"] == 25_000
     answer = dev.ok("blocks", add=[ids[0], bid("new")], remove=ids[100:200])
     assert answer == {"added": 1, "removed": 100, "blocks": 24_901}
     other = Dev(server, alice, "other", [ids[150], ids[300]])
-    status, batch = server.request("POST", "/v1/devices/holders", alice,
-                                   {"block_ids": [ids[150], ids[300], bid("nobody")]})
+    status, batch = server.request(
+        "POST", "/v1/devices/holders", alice, {"block_ids": [ids[150], ids[300], bid("nobody")]}
+    )
     assert status == 200
-    assert batch == {"holders": {ids[150]: [other.device_id],
-                                 ids[300]: [dev.device_id, other.device_id],
-                                 bid("nobody"): []}}
+    assert batch == {
+        "holders": {
+            ids[150]: [other.device_id],
+            ids[300]: [dev.device_id, other.device_id],
+            bid("nobody"): [],
+        }
+    }
     status, err = server.request("POST", "/v1/devices", alice, {"blocks": ids[:10_001]})
     assert status == 400 and err["error"] == "bad_request" and "10000" in err["message"]
 
@@ -150,18 +170,31 @@ def test_one_account_never_sees_anothers_devices(
     assert [d["device_name"] for d in devices_of(server, alice)] == ["alice-laptop"]
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/v1/devices"), ("POST", "/v1/devices"), ("POST", "/v1/devices/holders"),
-    ("GET", f"/v1/devices/holders/{bid(1)}"), ("POST", "/v1/devices/1/blocks"),
-    ("POST", "/v1/devices/1/heartbeat"), ("POST", "/v1/devices/1/leave"),
-    ("POST", "/v1/devices/1/request"),
-])
-def test_every_route_needs_a_token(server: ServerProcess, alice: User, method: str,
-                                   path: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/devices"),
+        ("POST", "/v1/devices"),
+        ("POST", "/v1/devices/holders"),
+        ("GET", f"/v1/devices/holders/{bid(1)}"),
+        ("POST", "/v1/devices/1/blocks"),
+        ("POST", "/v1/devices/1/heartbeat"),
+        ("POST", "/v1/devices/1/leave"),
+        ("POST", "/v1/devices/1/request"),
+    ],
+)
+def test_every_route_needs_a_token(
+    server: ServerProcess, alice: User, method: str, path: str
+) -> None:
     status, err = server.request(method, path, None, {} if method == "POST" else None)
     assert status == 401 and err["error"] == "unauthorized"
-    status, err = server.request(method, path, None, {} if method == "POST" else None,
-                                 headers={"Authorization": "Bearer not-a-token"})
+    status, err = server.request(
+        method,
+        path,
+        None,
+        {} if method == "POST" else None,
+        headers={"Authorization": "Bearer not-a-token"},
+    )
     assert status == 401
 
 
@@ -177,17 +210,36 @@ def test_bad_input_is_a_clear_400_or_404(server: ServerProcess, alice: User) -> 
         ("/v1/devices", {"colour": "red"}, 400, "bad_request", "colour"),
         ("/v1/devices", [1], 400, "bad_request", "JSON object"),
         (f"/v1/devices/{dev.device_id}/heartbeat", {}, 400, "bad_request", "'session'"),
-        (f"/v1/devices/{dev.device_id}/heartbeat", {"session": 5}, 400, "bad_request",
-         "'session'"),
-        (f"/v1/devices/{dev.device_id}/heartbeat", {"session": "nope"}, 404, "not_found",
-         "join again"),
+        (f"/v1/devices/{dev.device_id}/heartbeat", {"session": 5}, 400, "bad_request", "'session'"),
+        (
+            f"/v1/devices/{dev.device_id}/heartbeat",
+            {"session": "nope"},
+            404,
+            "not_found",
+            "join again",
+        ),
         ("/v1/devices/7/heartbeat", {"session": dev.session}, 404, "not_found", "device 7"),
-        (f"/v1/devices/{dev.device_id}/request", {"session": dev.session}, 400, "bad_request",
-         "'block_id'"),
-        (f"/v1/devices/{dev.device_id}/request", {"session": dev.session, "block_id": "a" * 63},
-         400, "bad_block_id", "64"),
-        (f"/v1/devices/{dev.device_id}/blocks", {"session": dev.session, "add": [1]}, 400,
-         "bad_block_id", "64"),
+        (
+            f"/v1/devices/{dev.device_id}/request",
+            {"session": dev.session},
+            400,
+            "bad_request",
+            "'block_id'",
+        ),
+        (
+            f"/v1/devices/{dev.device_id}/request",
+            {"session": dev.session, "block_id": "a" * 63},
+            400,
+            "bad_block_id",
+            "64",
+        ),
+        (
+            f"/v1/devices/{dev.device_id}/blocks",
+            {"session": dev.session, "add": [1]},
+            400,
+            "bad_block_id",
+            "64",
+        ),
         ("/v1/devices/holders", {}, 400, "bad_request", "'block_ids'"),
     ]
     for path, body, want_status, want_code, in_message in cases:
@@ -229,7 +281,9 @@ def test_restart_keeps_live_ids_until_their_lease_runs_out(
     server.start()
     listed = devices_of(server, alice)
     assert [(d["device_id"], d["device_name"], d["blocks"]) for d in listed] == [
-        (1, "a", 0), (2, "b", 0)]
+        (1, "a", 0),
+        (2, "b", 0),
+    ]
     fresh = Dev(server, alice, "fresh", [])
     assert fresh.device_id == 3  # 1 and 2 may still be alive: not handed out
     # A restored device carries on with its session; `blocks: 0` tells it to re-send them.
@@ -237,8 +291,9 @@ def test_restart_keeps_live_ids_until_their_lease_runs_out(
     assert a.ok("blocks", add=[bid(1), bid(2)])["blocks"] == 2
     assert holders(server, alice, bid(2)) == [1]
     # b never comes back: it expires after its lease and its id is free again.
-    wait_until("device 2 to expire",
-               lambda: [d["device_id"] for d in devices_of(server, alice)] == [1, 3])
+    wait_until(
+        "device 2 to expire", lambda: [d["device_id"] for d in devices_of(server, alice)] == [1, 3]
+    )
     assert Dev(server, alice, "later", []).device_id == 2
     status, _ = b.call("heartbeat")
     assert status == 404
@@ -257,10 +312,14 @@ def test_state_survives_kill_9_of_the_server(server: ServerProcess, alice: User)
 def test_openapi_documents_every_device_route(server: ServerProcess, alice: User) -> None:
     status, doc = server.request("GET", "/v1/openapi.json", alice)
     assert status == 200
-    ops = {(path, method.upper()): op["operationId"]
-           for path, item in doc["paths"].items() for method, op in item.items()}
+    ops = {
+        (path, method.upper()): op["operationId"]
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+    }
     for path, method, name in [
-        ("/v1/devices", "POST", "join_device"), ("/v1/devices", "GET", "list_devices"),
+        ("/v1/devices", "POST", "join_device"),
+        ("/v1/devices", "GET", "list_devices"),
         ("/v1/devices/holders", "POST", "holders_of_blocks"),
         ("/v1/devices/holders/{block_id}", "GET", "holders_of_block"),
         ("/v1/devices/{device_id}/blocks", "POST", "change_device_blocks"),
@@ -269,3 +328,95 @@ def test_openapi_documents_every_device_route(server: ServerProcess, alice: User
         ("/v1/devices/{device_id}/request", "POST", "request_block"),
     ]:
         assert ops.get((path, method)) == name, (path, method)
+
+
+# -- the registry itself, with a controlled clock and a real SQLite store ------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+async def open_registry(tmp_path: Path, clock: FakeClock) -> DeviceRegistry:
+    store = SqliteDeviceStore(tmp_path / "devices.sqlite3")
+    await store.open()
+    registry = DeviceRegistry(store, default_lease_s=10, clock=clock)
+    await registry.restore()
+    return registry
+
+
+@pytest.mark.asyncio
+async def test_leases_expire_exactly_and_heartbeats_do_not_pile_up(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    registry = await open_registry(tmp_path, clock)
+    try:
+        a = await registry.join(7, "a", [bid(1)], None)
+        b = await registry.join(7, "b", [bid(1)], 30)
+        for _ in range(1000):  # many calls within the lease: still one heap entry per device
+            clock.now += 0.009
+            await registry.heartbeat(7, a.device_id, a.session)
+        assert registry.statistics() == {"accounts": 1, "devices": 2, "pending_deadlines": 2}
+        clock.now += 9.9  # a: 9.9 s after its last heartbeat, lease 10 s
+        assert await registry.expire() == []
+        clock.now += 0.2
+        assert await registry.expire() == [(7, a.device_id)]
+        assert registry.holders(7, [bid(1)]) == {bid(1): [b.device_id]}
+        assert [r.device_id for r in await registry.store.load()] == [b.device_id]
+        clock.now += 30
+        assert await registry.expire() == [(7, b.device_id)]
+        assert registry.statistics() == {"accounts": 0, "devices": 0, "pending_deadlines": 0}
+        assert await registry.store.load() == []
+    finally:
+        await registry.store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_late_delete_never_removes_a_newer_device_with_the_same_id(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    registry = await open_registry(tmp_path, clock)
+    try:
+        old = await registry.join(1, "old", [], None)
+        await registry.leave(1, old.device_id, old.session)
+        new = await registry.join(1, "new", [], None)
+        assert new.device_id == old.device_id and new.session != old.session
+        await registry.store.delete(1, old.device_id, old.session)  # e.g. an expiry running late
+        assert [(r.device_id, r.device_name) for r in await registry.store.load()] == [(1, "new")]
+    finally:
+        await registry.store.close()
+
+
+@pytest.mark.asyncio
+async def test_restore_claims_persisted_ids_with_empty_block_sets(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    registry = await open_registry(tmp_path, clock)
+    records = [await registry.join(3, f"d{i}", [bid(i)], None) for i in range(4)]
+    await registry.leave(3, records[1].device_id, records[1].session)
+    await registry.store.close()
+    again = await open_registry(tmp_path, clock)
+    try:
+        listed = again.list_devices(3)
+        assert [(d["device_id"], d["device_name"], d["blocks"]) for d in listed] == [
+            (1, "d0", 0),
+            (3, "d2", 0),
+            (4, "d3", 0),
+        ]
+        assert (await again.join(3, "fresh", [], None)).device_id == 2
+        clock.now += 5
+        assert (await again.heartbeat(3, 3, records[2].session)).device_name == "d2"
+        clock.now += 5.5  # one lease after the restart: only device 3 came back
+        assert sorted(await again.expire()) == [(3, 1), (3, 2), (3, 4)]
+        assert [d["device_id"] for d in again.list_devices(3)] == [3]
+    finally:
+        await again.store.close()
