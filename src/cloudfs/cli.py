@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloudfs import config
+from cloudfs import config, registry
 from cloudfs.chunking import ChunkParams
 from cloudfs.sizes import format_size, parse_size
 
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     login = sub.add_parser("login", help="store a server URL and token in the config file")
     login.add_argument("server")
     login.add_argument("--token", help="API token (or CLOUDFS_TOKEN)")
+
+    registry.add_parsers(sub)  # devices, holders (issue 5)
     return p
 
 
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(args)
         if args.command == "login":
             return cmd_login(args)
+        if args.command == "devices":
+            return registry.cmd_devices(args)
+        if args.command == "holders":
+            return registry.cmd_holders(args)
     except CliError as exc:
         return _die(str(exc))
     except KeyboardInterrupt:

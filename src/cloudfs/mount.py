@@ -30,6 +30,7 @@ from cloudfs.cache import LocalCache
 from cloudfs.chunking import ChunkParams
 from cloudfs.filesystem import FileSystem, Options
 from cloudfs.fuse_ops import CloudfsOperations, KernelNotifier, raise_read_ahead
+from cloudfs.registry import RegistryTask
 from cloudfs.sync import SyncTask
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,7 @@ class Mount:
                 await self._start_control(nursery)
                 self._write_record()
                 nursery.start_soon(fs.queue_task)
+                nursery.start_soon(RegistryTask(self.api, self.cache, self.opts.device).run)
                 self.sync = SyncTask(fs)
                 await nursery.start(self.sync.run)
                 nursery.start_soon(self._signals)
