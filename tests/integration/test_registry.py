@@ -3,6 +3,7 @@ with real LMDB caches (the mounts' registry behaviour without FUSE; tests/fuse h
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,8 +22,6 @@ from cloudfs.cache import LocalCache
 from cloudfs.chunking import block_id_of
 from cloudfs.registry import DevicesApi, RegistryTask
 from tests.support import ServerProcess, User
-
-pytestmark = pytest.mark.trio
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -103,6 +102,7 @@ async def joined(device: Device) -> int:
     return device.task.device_id
 
 
+@pytest.mark.trio
 async def test_three_devices_ids_holders_and_reuse(
     server: ServerProcess, alice: User, tmp_path: Path
 ) -> None:
@@ -154,6 +154,7 @@ async def _ids(listing: object) -> list[int]:
     return [d["device_id"] for d in await listing]  # type: ignore[misc]
 
 
+@pytest.mark.trio
 async def test_many_blocks_join_in_batches(
     server: ServerProcess, alice: User, tmp_path: Path
 ) -> None:
@@ -183,6 +184,7 @@ async def test_many_blocks_join_in_batches(
         await api.aclose()
 
 
+@pytest.mark.trio
 async def test_server_restart_the_device_keeps_its_id_and_resends_blocks(
     server: ServerProcess, alice: User, tmp_path: Path
 ) -> None:
@@ -242,6 +244,7 @@ KILLED_DEVICE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.trio
 async def test_a_killed_device_expires_after_its_lease(
     server: ServerProcess, alice: User, tmp_path: Path
 ) -> None:
@@ -290,6 +293,7 @@ def cloudfs_registry(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.trio
 async def test_devices_and_holders_commands(
     server: ServerProcess, alice: User, bob: User, tmp_path: Path
 ) -> None:
@@ -350,3 +354,105 @@ async def test_devices_and_holders_commands(
         )
         out = await trio.to_thread.run_sync(cloudfs_registry, "holders", "/", *common)
         assert out.returncode == 1 and out.stderr.strip() == "cloudfs: error: / is a directory"
+
+
+# -- three real mounts of one account -----------------------------------------------------------
+
+
+def cloudfs(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "CLOUDFS_TOKEN"}
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "cloudfs"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def listed_devices(server: ServerProcess, user: User) -> list[tuple[int, str]]:
+    out = cloudfs("devices", "--server", server.url, f"--token={user.token}", "--json")
+    assert out.returncode == 0, out.stderr
+    return [(d["device_id"], d["device_name"]) for d in json.loads(out.stdout)]
+
+
+def poll(what: str, check: Callable[[], object], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+@pytest.mark.fuse
+@pytest.mark.slow
+def test_three_mounts_ids_holders_and_a_killed_mount_expiring(
+    server: ServerProcess, alice: User, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fuse.conftest import Mount  # needs FUSE; imported here so collection never does
+
+    monkeypatch.setenv("CLOUDFS_DEVICE_LEASE_S", "2")
+    mounts: list[Mount] = []
+
+    def mount(name: str) -> Mount:
+        m = Mount(server, alice, tmp_path, name, extra_args=("--chunk-size", "64K"))
+        mounts.append(m)
+        m.start()
+        return m
+
+    def holders_of(m: Mount, name: str) -> list[str]:
+        out = cloudfs("holders", str(m.path / name), f"--token={alice.token}")
+        assert out.returncode == 0, out.stderr
+        return [line.split("  ")[-1] for line in out.stdout.splitlines()[1:]]
+
+    try:
+        laptop = mount("laptop")
+        poll("laptop to join", lambda: listed_devices(server, alice) == [(1, "laptop")])
+        phone = mount("phone")
+        poll("phone to join", lambda: listed_devices(server, alice)[-1:] == [(2, "phone")])
+        desk = mount("desk")
+        poll("desk to join", lambda: listed_devices(server, alice)[-1:] == [(3, "desk")])
+
+        data = os.urandom(400_000)
+        (laptop.path / "photo.raw").write_bytes(data)  # close() commits: laptop holds the blocks
+        poll("the laptop's blocks", lambda: set(holders_of(desk, "photo.raw")) == {"1 (laptop)"})
+        blocks = len(holders_of(desk, "photo.raw"))
+        assert blocks >= 3, "expected several 64 KiB-average blocks"
+
+        poll("phone to see the file", lambda: (phone.path / "photo.raw").exists())
+        assert (phone.path / "photo.raw").read_bytes() == data  # the phone caches the blocks
+        poll(
+            "the phone's blocks",
+            lambda: holders_of(desk, "photo.raw") == ["1 (laptop), 2 (phone)"] * blocks,
+        )
+
+        # A clean unmount leaves at once; remounting takes the smallest free id (2 again) and
+        # reports the blocks still in its cache.
+        phone.stop()
+        assert listed_devices(server, alice) == [(1, "laptop"), (3, "desk")]
+        assert set(holders_of(desk, "photo.raw")) == {"1 (laptop)"}
+        phone.start()
+        poll("phone to rejoin", lambda: (2, "phone") in listed_devices(server, alice))
+        poll(
+            "the phone's cached blocks after remount",
+            lambda: set(holders_of(desk, "photo.raw")) == {"1 (laptop), 2 (phone)"},
+        )
+
+        # A killed mount cannot leave: it is removed after its 2 s lease and its id is free.
+        desk.kill9()
+        killed_at = time.monotonic()
+        assert (3, "desk") in listed_devices(server, alice)
+        poll(
+            "the killed desk to expire",
+            lambda: listed_devices(server, alice) == [(1, "laptop"), (2, "phone")],
+        )
+        assert time.monotonic() - killed_at > 1.0
+        tablet = mount("tablet")
+        poll("tablet to take id 3", lambda: (3, "tablet") in listed_devices(server, alice))
+        assert tablet.path.is_dir()
+    finally:
+        for m in mounts:
+            m.stop()
