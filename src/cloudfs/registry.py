@@ -159,10 +159,14 @@ class RegistryTask:
                         await self._sync()
                     self.last_error = None
                     delay = self.poll_s
-                except errors.NodeNotFoundError:
-                    log.info("the registry forgot device %s; joining again", self.device_id)
-                    self.device_id = None
-                    continue
+                except errors.NodeNotFoundError as exc:
+                    if self.device_id is not None:  # lease expired or server forgot us: rejoin
+                        log.info("the registry forgot device %s; joining again", self.device_id)
+                        self.device_id = None
+                        continue
+                    self.last_error = str(exc)  # the join itself: no registry on this server?
+                    log.warning("device registry: %s (retrying in %.1f s)", exc, delay)
+                    delay = min(delay * 2, 30.0)
                 except errors.CloudfsError as exc:
                     self.last_error = str(exc)
                     log.warning("device registry: %s (retrying in %.1f s)", exc, delay)

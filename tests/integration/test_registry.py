@@ -456,3 +456,33 @@ def test_three_mounts_ids_holders_and_a_killed_mount_expiring(
     finally:
         for m in mounts:
             m.stop()
+
+
+@pytest.mark.trio
+async def test_a_server_without_the_registry_is_retried_with_backoff_not_spun_on(
+    server: ServerProcess, alice: User
+) -> None:
+    """Every route 404s under a wrong base path: the task backs off and never stops the caller."""
+    api = ApiClient(server.url + "/no-such-prefix", alice.token, "lost")
+    task = RegistryTask(api, None, "lost", poll_s=0.1, scan=lambda: _empty())
+    attempts = 0
+    real_join = task.devices.join
+
+    async def counting_join(*args: object) -> object:
+        nonlocal attempts
+        attempts += 1
+        return await real_join(*args)  # type: ignore[arg-type]
+
+    task.devices.join = counting_join  # type: ignore[method-assign]
+    try:
+        with trio.move_on_after(2.0):
+            await task.run()
+        assert task.joins == 0 and task.device_id is None
+        assert task.last_error is not None and "not_found" in task.last_error
+        assert 2 <= attempts <= 6, f"{attempts} join attempts in 2 s (0.1 s doubling back-off)"
+    finally:
+        await api.aclose()
+
+
+async def _empty() -> set[str]:
+    return set()
