@@ -52,6 +52,7 @@ class ApiClient:
         self.bytes_downloaded = 0
         self.bytes_uploaded = 0
         self.requests = 0  # HTTP requests sent, except the change feed's (`cloudfs status`)
+        self.mutations_in_flight = 0  # namespace changes sent and not yet answered (sync echo)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -86,6 +87,8 @@ class ApiClient:
     ) -> httpx.Response:
         if path != "/v1/changes":
             self.requests += 1
+        mutation = method != "GET" and path.startswith("/v1/nodes/")
+        self.mutations_in_flight += mutation
         try:
             resp = await self._client.request(
                 method,
@@ -99,6 +102,8 @@ class ApiClient:
             raise errors.TemporaryError(
                 f"cannot reach {self.server}: {exc.__class__.__name__} {exc}"
             ) from exc
+        finally:
+            self.mutations_in_flight -= mutation
         if resp.status_code >= 400:
             try:
                 body = resp.json()

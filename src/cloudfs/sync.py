@@ -29,6 +29,7 @@ class SyncOptions:
     backoff_min_s: float = 0.25  # first pause after a failed poll
     backoff_max_s: float = 30.0  # longest pause between failed polls
     max_busy_delay_s: float = 60.0  # cap on a server-suggested `retry_after_s`
+    settle_s: float = 0.5  # longest wait for own requests in flight before applying an echo
 
 
 class SyncTask:
@@ -99,6 +100,8 @@ class SyncTask:
             self.polls += 1
             changes = page.get("changes") or []
             for change in changes:
+                if change.get("device") == self.api.device and self.api.mutations_in_flight:
+                    await self._settle()
                 self._apply(change)
             new_cursor = int(page.get("cursor", self.cursor))
             if new_cursor != self.cursor:
@@ -113,6 +116,14 @@ class SyncTask:
                 # the server is busy: it asks idle subscribers to come back later
                 await trio.sleep(min(float(busy_s), self.options.max_busy_delay_s))
             self._delay = self.options.backoff_min_s  # the next failure starts small again
+
+    async def _settle(self) -> None:
+        """The feed can deliver this device's change before the answer to the request that made
+        it (the server wakes long-polls before it answers). Wait briefly for our requests in
+        flight to be answered and learned, so the echo is recognised and not applied."""
+        with trio.move_on_after(self.options.settle_s):
+            while self.api.mutations_in_flight:  # noqa: ASYNC110 - a counter, polled briefly
+                await trio.sleep(0.001)
 
     async def _start_fresh(self) -> None:
         """First mount of this cache dir: start at the server's latest cursor. Metadata cached
