@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -56,6 +58,17 @@ async def _with_stores(args: argparse.Namespace, command: StoreCommand) -> int:
 
 
 # ---- serve -------------------------------------------------------------------------------
+def _lock_serving(data: Path) -> int:
+    """One server per data directory: long-poll wake-ups are in-process (released at exit)."""
+    fd = os.open(data / "serve.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CliError(f"another cloudfs-server is already serving {data}") from None
+    return fd
+
+
 async def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         data_dir=Path(args.data),
@@ -274,7 +287,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "serve":
             Path(args.data).mkdir(parents=True, exist_ok=True)
-            code = asyncio.run(_serve(args))
+            serve_lock = _lock_serving(Path(args.data))
+            try:
+                code = asyncio.run(_serve(args))
+            finally:
+                os.close(serve_lock)
         else:
             if args.command != "add-user":
                 _require_data(args)

@@ -1,7 +1,9 @@
 """The gc lock: uploads hold it shared while publishing, gc exclusive while deleting.
 
 A `fcntl.flock` on `DATA/gc.lock`, so it also excludes a `cloudfs-server gc` run from another
-process. Acquisition runs in a worker thread: the event loop never blocks on it.
+process. An uncontended lock is taken with LOCK_NB on the loop (two fast syscalls on a local file);
+a contended one is waited for in this lock's own threads, so waiting uploads can never use up the
+default executor that file I/O needs: the event loop never blocks on it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import asyncio
 import fcntl
 import os
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
@@ -20,8 +23,21 @@ def _release_late(fut: asyncio.Future[int]) -> None:
 
 
 class GcLock:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_waiters: int = 64) -> None:
         self.path = Path(path)
+        self._waiters = ThreadPoolExecutor(max_workers=max_waiters, thread_name_prefix="gclock")
+
+    def _try(self, operation: int) -> int | None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _acquire(self, operation: int) -> int:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -36,14 +52,16 @@ class GcLock:
     async def _held(self, operation: int) -> AsyncIterator[None]:
         # Each holder opens its own descriptor: flock locks belong to open file descriptions,
         # so shared holders in one process do not interfere with each other.
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, self._acquire, operation)
-        try:
-            fd = await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            # The thread may still get the lock; release it when it does.
-            fut.add_done_callback(_release_late)
-            raise
+        fd = self._try(operation)
+        if fd is None:
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(self._waiters, self._acquire, operation)
+            try:
+                fd = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                # The thread may still get the lock; release it when it does.
+                fut.add_done_callback(_release_late)
+                raise
         try:
             yield
         finally:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,24 @@ class AppUser:
         status, body = await self.call("GET", f"/v1/nodes/{node_id}/children")
         assert status == 200, body
         return [e["name"] for e in body["entries"]]
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_server_errors(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> Iterator[None]:
+    """Fail a test whose server logged an error or a traceback (s3ql's rule)."""
+    srv = request.getfixturevalue("server") if "server" in request.fixturenames else None
+    yield
+    bad = [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.get_records("call")
+        if r.levelno >= logging.ERROR and r.name.split(".")[0] in ("cloudfs_server", "aiohttp")
+    ]
+    assert not bad, bad
+    if srv is not None and srv.log_path.exists():
+        log = srv.log_path.read_text()
+        assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
 
 
 @pytest.fixture

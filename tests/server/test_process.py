@@ -276,3 +276,12 @@ def test_serve_purges_history_and_trash_past_retention(tmp_path: Path) -> None:
         assert api.read(f["id"]) == b"two"
     finally:
         srv.stop()
+
+
+def test_one_server_per_data_dir(server: ServerProcess) -> None:
+    second = ServerProcess(server.data_dir)
+    with pytest.raises(RuntimeError, match="exited early"):
+        second.start()
+    second.stop()
+    assert "already serving" in second.log_path.read_text()
+    assert server.request("GET", "/healthz") == (200, {"ok": True})
