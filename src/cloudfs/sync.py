@@ -179,8 +179,10 @@ class SyncTask:
         """Whether the cache already reflects `change` (this mount's own change coming back, or
         a replay after restart): then nothing is dropped and nothing refetched. Decided by
         state, not by device name, so two mounts that share a device name still see each
-        other: a node object at least as new (version and ctime, both set by the server in the
-        change's transaction) under the same name; for a delete, no trace of the node."""
+        other: a cached node object at least as new (version and ctime, both set by the server
+        in the change's transaction), whatever its name is now; for a delete, no trace of the
+        node. (A node created and removed here before the feed delivers its create is not
+        recognised: its create re-adds the name, which the delete right behind it removes.)"""
         node_id = int(change["node"])
         cached = self.cache.get_node(node_id)
         if change["op"] == "delete":
@@ -193,12 +195,11 @@ class SyncTask:
             return inode is None or inode.unlinked
         if cached is None:
             return False
-        return (
-            cached.get("parent") == change.get("parent")
-            and cached.get("name") == change.get("name")
-            and int(cached.get("version", 0)) >= int(change.get("version") or 0)
-            and int(cached.get("ctime_ns", 0)) >= int(change.get("time_ns") or 0)
-        )
+        # A newer cached state (a later rename, say) also covers this change: the later changes
+        # arrive after it and are checked themselves.
+        return int(cached.get("version", 0)) >= int(change.get("version") or 0) and int(
+            cached.get("ctime_ns", 0)
+        ) >= int(change.get("time_ns") or 0)
 
     def _apply(self, change: dict[str, Any]) -> None:
         if self._known(change):
