@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +201,9 @@ async def lease_task(registry: DeviceRegistry) -> None:
             log.exception("expiring devices failed")
 
 
-def _registry_ctx(store: DeviceStore | None, default_lease_s: int):  # type: ignore[no-untyped-def]
+def _registry_ctx(
+    store: DeviceStore | None, default_lease_s: int
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         device_store = store
         if device_store is None:
