@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 
 from benchlib.common import log
 
 SUITES = ("server", "mount", "sync")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", type=int, default=None, help="runs per measurement (default 3; --quick: 1)"
     )
     args = parser.parse_args(argv)
+    # Ctrl-C and SIGTERM must run the suites' `finally` blocks (unmount, stop our PIDs), also when
+    # started in the background (where SIGINT is inherited as ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     if not 1 <= runs <= 20:
         parser.error("--runs must be between 1 and 20")

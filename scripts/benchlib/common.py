@@ -119,6 +119,16 @@ def fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
+def fmt_ratio(r: float) -> str:
+    if r >= 100:
+        return f"{r:,.0f}x"
+    if r >= 10:
+        return f"{r:.1f}x"
+    if r >= 0.1:
+        return f"{r:.2f}x"
+    return f"{r:.2g}x"
+
+
 def cell(row: Row, target: str) -> str:
     if target in row.errors and not row.values.get(target):
         return f"**FAILED**: {row.errors[target]}"
@@ -147,7 +157,7 @@ def table(rows: Rows, target: str, baselines: list[tuple[str, str]], target_labe
         cells += [cell(row, b) for b, _ in baselines]
         for b, _ in baselines:
             r = row.ratio(target, b)
-            cells.append("-" if r is None else f"{r:.2f}x")
+            cells.append("-" if r is None else fmt_ratio(r))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)
 
@@ -192,6 +202,20 @@ def git_commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+    try:
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "server"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return rev
+    changed = [line[3:] for line in dirty if line.strip()]
+    if changed:
+        rev += f" + uncommitted changes in {', '.join(changed[:5])}"
+        rev += f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
     return rev
 
 

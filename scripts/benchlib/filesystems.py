@@ -15,6 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -34,20 +35,23 @@ def force_unmount(path: Path) -> None:
             subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True)
 
 
-def tree_rss(pid: int) -> int:
-    """RSS of a process and all its children, in bytes (0 if it is gone)."""
+def tree_rss(pid: int, anon: bool = False) -> Any:
+    """RSS of a process and all its children in bytes (0 if gone); with anon=True a pair
+    (rss, anonymous rss) where anonymous = rss - file-backed/shared resident pages."""
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return (0, 0) if anon else 0
+    total = anonymous = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            mem = p.memory_info()
         except psutil.NoSuchProcess:
-            pass
-    return total
+            continue
+        total += mem.rss
+        anonymous += mem.rss - getattr(mem, "shared", 0)
+    return (total, anonymous) if anon else total
 
 
 def free_port() -> int:
@@ -74,7 +78,7 @@ class Fs:
         """Restart the mount keeping its data cache (cold metadata), then drop the page cache."""
         drop_caches()
 
-    def wait_stored(self, rel: str, size: int, timeout_s: float = 300) -> None:
+    def wait_stored(self, rel: str, size: int, timeout_s: float = 180) -> None:
         """Return once the backend holds `rel` with `size` bytes (tmpfs: at once)."""
 
     def wait_all_stored(self, timeout_s: float = 300) -> None:
@@ -86,6 +90,15 @@ class Fs:
     def uploaded_bytes(self) -> int | None:
         """A counter of bytes sent to the backend, or None if there is no backend."""
         return None
+
+    def alive(self) -> bool:
+        """Still mounted (and, for FUSE, the client process still running)."""
+        return os.path.ismount(self.path)
+
+    def restart(self) -> None:
+        """Bring a dead mount back (keeping the data) so later measurements can run."""
+        self.stop()
+        self.start()
 
 
 class TmpfsFs(Fs):
@@ -209,10 +222,12 @@ class RcloneFs(Fs):
             time.sleep(0.05)
         raise TimeoutError(f"rclone still uploading after {timeout_s:.0f} s")
 
-    def wait_stored(self, rel: str, size: int, timeout_s: float = 300) -> None:
+    def wait_stored(self, rel: str, size: int, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
         target = self.remote / rel
         while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError("rclone died before the remote had the file")
             try:
                 if target.stat().st_size == size:
                     self.wait_all_stored(max(1.0, deadline - time.monotonic()))
@@ -225,6 +240,9 @@ class RcloneFs(Fs):
 
     def client_pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and os.path.ismount(self.path)
 
     def uploaded_bytes(self) -> int | None:
         return int(self.rc("core/stats").get("bytes", 0))
@@ -306,9 +324,11 @@ class CloudfsFs(Fs):
             nid = node["id"]
         return node
 
-    def wait_stored(self, rel: str, size: int, timeout_s: float = 300) -> None:
+    def wait_stored(self, rel: str, size: int, timeout_s: float = 180) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError("the cloudfs client died before the server had the file")
             node = self.node(rel)
             if node is not None and node.get("size") == size:
                 return
@@ -317,6 +337,20 @@ class CloudfsFs(Fs):
 
     def client_pid(self) -> int | None:
         return self.mount.pid if self.mount is not None and self.mount.proc is not None else None
+
+    def alive(self) -> bool:
+        m = self.mount
+        return (
+            m is not None
+            and m.proc is not None
+            and m.proc.poll() is None
+            and os.path.ismount(self.path)
+        )
+
+    def restart(self) -> None:
+        assert self.mount is not None
+        self.mount.stop()
+        self.mount.start(timeout_s=60)
 
     def uploaded_bytes(self) -> int | None:
         return int(self.api("/v1/usage")["stored_bytes"])

@@ -40,7 +40,7 @@ class Sizes:
         self.huge = 512 * MiB if quick else 4 * GiB
         self.mid = 64 * MiB if quick else 256 * MiB
         self.small_dirs, self.small_per_dir = (20, 50) if quick else (100, 100)
-        self.tree_files = 500 if quick else 3000
+        self.tree_files = 500 if quick else 2000
         self.random_warm = 2000 if quick else 20_000
         self.random_cold = 100 if quick else 300
         self.small_cap_s = 60 if quick else 180
@@ -94,6 +94,8 @@ class Sources:
                 if "__pycache__" in p.parts or not p.is_file() or p.is_symlink():
                     continue
                 files.append(p)
+                if len(files) >= self.sizes.tree_files:
+                    break
             if len(files) >= self.sizes.tree_files:
                 break
         with tarfile.open(self.dir / "tree.tar", "w") as tar:
@@ -150,39 +152,73 @@ def random_reads(path: Path, size: int, count: int, seed: int) -> float:
 
 
 class RssSampler:
+    """Peak RSS (and peak anonymous RSS, i.e. without file-backed pages such as an LMDB map) of a
+    process tree, sampled every `every_s`."""
+
     def __init__(self, pid: int, every_s: float = 0.05) -> None:
         self.pid = pid
         self.every_s = every_s
         self.peak = 0
+        self.peak_anon = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, tree_rss(self.pid))
+            self.sample()
             self._stop.wait(self.every_s)
 
+    def sample(self) -> None:
+        rss, anon = tree_rss(self.pid, anon=True)
+        self.peak = max(self.peak, rss)
+        self.peak_anon = max(self.peak_anon, anon)
+
     def __enter__(self) -> RssSampler:
-        self.peak = tree_rss(self.pid)
+        self.sample()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, tree_rss(self.pid))
+        self.sample()
+
+
+def guarded(
+    fs: Fs, rows: Rows, label: str, unit: str, run: int, fn: Callable[[], float], hib: bool = True
+) -> float | None:
+    """measure() that never writes into a dead mount's directory: the mount is checked before
+    (restarted if it died earlier) and after (a crash during the measurement fails it)."""
+    row = rows.get(label, unit, hib)
+    if not fs.alive():
+        try:
+            log(f"  {fs.name} is not mounted any more; restarting it")
+            fs.restart()
+        except Exception as exc:  # harness boundary
+            row.fail(fs.name, f"mount gone and could not be restarted: {exc}"[:160])
+            return None
+    value = measure(rows, label, unit, fs.name, run, fn, hib)
+    if not fs.alive():
+        if value is not None:
+            row.values[fs.name][-1] = float("nan")
+        row.fail(fs.name, "the client died during this measurement (see the mount log)")
+        log(f"  {label} [{fs.name}]: the mount died during the measurement")
+        return None
+    return value
 
 
 def one_run(fs: Fs, run: int, src: Sources, sizes: Sizes, rows: Rows) -> None:
     rel = f"r{run}"
     base = fs.path / rel
+    if not fs.alive():
+        log(f"  {fs.name} is not mounted any more; restarting it")
+        fs.restart()
     base.mkdir(parents=True, exist_ok=True)
     big = base / "big.bin"
     bl = human(sizes.big)
-    name = fs.name
 
     def m(label: str, unit: str, fn: Callable[[], float], hib: bool = True) -> float | None:
-        return measure(rows, label, unit, name, run, fn, hib)
+        return guarded(fs, rows, label, unit, run, fn, hib)
 
     # 1. sequential write, until close() returns, then until the backend has it
     t0 = [0.0]
@@ -238,6 +274,9 @@ def one_run(fs: Fs, run: int, src: Sources, sizes: Sizes, rows: Rows) -> None:
         big.unlink()
     except OSError as exc:
         log(f"  could not remove {big}: {exc}")
+
+    if run > 0:
+        return  # the metadata-heavy workloads below run once (see the notes)
 
     # 4. small files
     small = base / "small"
@@ -334,11 +373,14 @@ def once_per_suite(fs: Fs, src: Sources, sizes: Sizes, rows: Rows) -> None:
     """The heavy, near-deterministic ones: one run each."""
     name = fs.name
     base = fs.path / "once"
+    if not fs.alive():
+        log(f"  {fs.name} is not mounted any more; restarting it")
+        fs.restart()
     base.mkdir(parents=True, exist_ok=True)
     hl = human(sizes.huge)
 
     def m(label: str, unit: str, fn: Callable[[], float], hib: bool = True) -> float | None:
-        return measure(rows, label, unit, name, 0, fn, hib)
+        return guarded(fs, rows, label, unit, 0, fn, hib)
 
     # peak RSS of the client while copying a big file
     peak: list[float] = []
@@ -356,6 +398,7 @@ def once_per_suite(fs: Fs, src: Sources, sizes: Sizes, rows: Rows) -> None:
                 )
                 elapsed = time.perf_counter() - start
             peak.append(sampler.peak / MiB)
+            peak.append(sampler.peak_anon / MiB)
         return sizes.huge / elapsed / 1e6
 
     pid = fs.client_pid()
@@ -436,6 +479,7 @@ def run(runs: int, quick: bool) -> bool:
     rows = Rows()
     error = ""
     started: dict[str, str] = {}
+    suite_errors: list[str] = []
     try:
         src.create()
         started = start_all(fss)
@@ -445,10 +489,18 @@ def run(runs: int, quick: bool) -> bool:
             order = live[run_no % len(live) :] + live[: run_no % len(live)] if live else []
             for fs in order:
                 log(f"mount suite: {fs.name}")
-                one_run(fs, run_no, src, sizes, rows)
+                try:
+                    one_run(fs, run_no, src, sizes, rows)
+                except Exception as exc:  # e.g. a mount that cannot be restarted: go on
+                    log(f"mount suite: {fs.name} run {run_no + 1} stopped: {exc}")
+                    suite_errors.append(f"{fs.name}, run {run_no + 1}: {exc}"[:200])
         for fs in live:
             log(f"mount suite: {fs.name}, once-per-suite measurements")
-            once_per_suite(fs, src, sizes, rows)
+            try:
+                once_per_suite(fs, src, sizes, rows)
+            except Exception as exc:  # harness boundary
+                log(f"mount suite: {fs.name} once-per-suite stopped: {exc}")
+                suite_errors.append(f"{fs.name}, once-per-suite: {exc}"[:200])
     except Exception as exc:  # the suite could not complete: say so in the document
         error = f"{type(exc).__name__}: {exc}"
         log(f"mount suite FAILED: {error}")
@@ -468,6 +520,8 @@ def run(runs: int, quick: bool) -> bool:
             row.fail(fs_name, "could not start (see above)")
         if not list(rows):
             error = error or f"{fs_name} could not start: {msg}"
+    if suite_errors:
+        error = "; ".join(([error] if error else []) + suite_errors)
     write_doc(rows, runs, quick, sizes, src, error, started)
     return not error and not started
 
@@ -530,10 +584,16 @@ NOTES = """Notes:
   the listed entries and fails if any is missing; "cold" = after a remount with the data cache kept.
 - Untar: `tar -xf` of a tar of packages from the project's .venv site-packages (real source files),
   timed until tar exits; the extracted file count is checked.
-- Peak RSS (cloudfs and rclone only, one run): RSS of the mount process and its children sampled
-  every 50 ms during `cp` of a {huge} file from tmpfs.
-- Bytes uploaded (one run): after a {mid} file is stored, 1 MiB is inserted at its front (the file
+- Peak RSS (cloudfs and rclone only): RSS of the mount process and its children sampled every
+  50 ms during `cp` of a {huge} file from tmpfs; "anonymous" excludes file-backed resident pages
+  (RSS minus psutil's `shared`, e.g. an mmapped LMDB cache), i.e. the memory the client holds.
+- Run counts: sequential and random I/O run in every run; small files, `ls -lR`, untar, the big
+  copy and the upload-bytes measurement run once (run 1): they are long, and each is already an
+  average over thousands of operations or a near-deterministic count.
+- Bytes uploaded: after a {mid} file is stored, 1 MiB is inserted at its front (the file
   is rewritten from offset 0, as a program inserting would) and then 1 MiB is appended. cloudfs:
   delta of `stored_bytes` from `GET /v1/usage` (new distinct blocks the server had to store; the
   API has no per-request byte counter); rclone: delta of `bytes` from its rc `core/stats` (bytes
-  transferred to the remote)."""
+  transferred to the remote).
+- The logs of the last run (server, mounts, rclone) stay in
+  `/var/tmp/cloudfs-bench-logs/mount/` on the machine that ran it."""

@@ -231,6 +231,38 @@ def record(
     )
 
 
+def mount_subscriptions(log_path: Path) -> str:
+    """How many change-feed requests the mounts (not the bench's urllib subscribers) made, from
+    the server's access log: evidence of whether visibility came from push or from cache expiry."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln for ln in text.splitlines() if "/v1/changes" in ln]
+    from_mounts = [ln for ln in lines if "Python-urllib" not in ln]
+    return (
+        f"Server access log: {len(from_mounts)} requests to `/v1/changes` came from the mounts "
+        f"(0 means the mounts do not subscribe and changes became visible only when cached "
+        f"attributes expired)."
+    )
+
+
+def stop_mounts(mounts: list) -> None:
+    """Unmount all mounts at once (each Mount.stop unmounts in `finally`, by PID)."""
+
+    def stop(m: object) -> None:
+        try:
+            m.stop(timeout_s=30)  # type: ignore[attr-defined]
+        except Exception as exc:  # keep unmounting the others
+            log(f"sync suite: stopping mount {m.device}: {exc}")  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=stop, args=(m,)) for m in mounts]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+
+
 def run(runs: int, quick: bool) -> bool:
     from tests.fuse.conftest import Mount
     from tests.support import ServerProcess
@@ -324,12 +356,9 @@ def run(runs: int, quick: bool) -> bool:
         error = f"{type(exc).__name__}: {exc}"
         log(f"sync suite FAILED: {error}")
     finally:
-        for m in mounts:
-            try:
-                m.stop()
-            except Exception as exc:  # keep unmounting the others
-                log(f"sync suite: stopping mount {m.device}: {exc}")
+        stop_mounts(mounts)
         server.stop()
+        subscription_note = mount_subscriptions(server.log_path)
 
     # the peer: two rclone mounts of one local directory, one subscriber
     try:
@@ -384,6 +413,8 @@ def run(runs: int, quick: bool) -> bool:
         ]
     if error:
         parts += [f"**The suite did not complete: {error}**", ""]
+    if subscription_note:
+        parts += [subscription_note, ""]
     parts.append(
         table(
             rows,
@@ -410,4 +441,6 @@ NOTES = """Notes:
   directory cache expires (`--dir-cache-time`, 5 min by default).
 - Server CPU: user+system CPU of the server process over a {window:.0f} s idle window, in % of one
   core; "per idle subscriber" = (CPU with the mounts - CPU with none) / mounts (the writer is a
-  subscriber too)."""
+  subscriber too).
+- The logs of the last run (server, mounts, rclone) stay in
+  `/var/tmp/cloudfs-bench-logs/sync/` on the machine that ran it."""
