@@ -12,9 +12,10 @@ Invariants (docs/client.md, "Staging design"):
 from __future__ import annotations
 
 import bisect
+import ctypes
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -23,6 +24,23 @@ from cloudfs.blocks import BlockStore
 from cloudfs.chunking import Chunker, ChunkParams
 
 WINDOW_BYTES = 16 << 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free the disk space of `[offset, offset+length)` in a staging file (reads give zeros).
+    Best effort: a filesystem without hole punching keeps the bytes."""
+    if length <= 0:
+        return
+    _libc.fallocate(
+        ctypes.c_int(fd),
+        ctypes.c_int(_FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE),
+        ctypes.c_long(offset),
+        ctypes.c_long(length),
+    )
 
 
 class Extents:
@@ -52,6 +70,25 @@ class Extents:
             end = max(end, self._ends[j - 1])
         self._starts[i:j] = [start]
         self._ends[i:j] = [end]
+
+    def remove(self, start: int, end: int) -> None:
+        """Forget `[start, end)`."""
+        if end <= start:
+            return
+        keep_s: list[int] = []
+        keep_e: list[int] = []
+        for s, e in zip(self._starts, self._ends, strict=True):
+            if e <= start or s >= end:
+                keep_s.append(s)
+                keep_e.append(e)
+                continue
+            if s < start:
+                keep_s.append(s)
+                keep_e.append(start)
+            if e > end:
+                keep_s.append(end)
+                keep_e.append(e)
+        self._starts, self._ends = keep_s, keep_e
 
     def clip(self, size: int) -> None:
         """Forget everything at or beyond `size`."""
@@ -137,6 +174,8 @@ class FileState:
         self.queued = False  # a commit of this content waits in the durable queue
         self.unlinked = False
         self.last_read_end = -1
+        self.sealing = False  # a seal task is cutting the sequential dirty tail
+        self.seal_progress = trio.Event()  # set (and replaced) after each sealed window
         self._staging_path = staging_dir / f"{node_id}-{os.getpid()}-{id(self):x}"
         self._fd: int | None = None
 
@@ -187,6 +226,14 @@ class FileState:
             return
         if size < self.size:
             self.dirty.clip(size)
+            if size < self.base.size:  # base blocks wholly past the end are gone for good
+                self.base = Manifest(
+                    [
+                        b
+                        for b, off in zip(self.base.blocks, self.base.offsets, strict=True)
+                        if off < size
+                    ]
+                )
             if self._fd is not None:
                 os.ftruncate(self._fd, min(size, os.fstat(self._fd).st_size))
         else:
@@ -264,6 +311,31 @@ class FileState:
             i += 1
         blocks.prefetch(want)
 
+    # ---- sealing: sequential writers hand finished chunks over while they write -------------
+    def sealable_from(self) -> int | None:
+        """Where the dirty tail starts, if the content is base blocks `[0, a)` followed by one
+        dirty range `[a, size)` (a fresh file or an append); else None."""
+        extents = list(self.dirty)
+        if len(extents) != 1:
+            return None
+        a, b = extents[0]
+        if a != self.base.size or b != self.size:
+            return None
+        return a
+
+    def read_staging(self, start: int, end: int) -> bytes:
+        return self._read_staging(start, end)
+
+    def seal(self, start: int, chunks: list[tuple[str, int]]) -> None:
+        """Chunks cut from the dirty tail at `start` (already stored locally) become base
+        blocks; their bytes leave the staging file."""
+        assert start == self.base.size, "seal must continue the base"
+        consumed = sum(n for _, n in chunks)
+        self.base = Manifest(self.base.blocks + chunks)
+        self.dirty.remove(start, start + consumed)
+        if self._fd is not None:
+            punch_hole(self._fd, start, consumed)
+
     # ---- commit support ----------------------------------------------------------------------
     def plan(self) -> list[tuple[str, object, int]]:
         """The new content as a list of ("keep", block_id, length) and ("region", start, end):
@@ -318,7 +390,7 @@ async def build_manifest(
     state: FileState,
     blocks: BlockStore,
     params: ChunkParams,
-    store_dirty: Callable[[list[tuple[str, bytes]]], None],
+    store_dirty: Callable[[list[tuple[str, bytes]]], Awaitable[None]],
 ) -> list[tuple[str, int]]:
     """The block list of `state`'s current content. Re-chunks only the planned regions (in a
     worker thread, window by window); hands each window's new blocks to `store_dirty`
@@ -338,7 +410,7 @@ async def build_manifest(
             final = pos >= end
             chunks, used = await trio.to_thread.run_sync(chunker.cut_and_hash, buf, final)
             if chunks:
-                store_dirty([(bid, buf[off : off + n]) for bid, off, n in chunks])
+                await store_dirty([(bid, buf[off : off + n]) for bid, off, n in chunks])
                 out.extend((bid, n) for bid, _, n in chunks)
             carry = buf[used:]
         assert not carry

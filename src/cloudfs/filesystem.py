@@ -23,7 +23,7 @@ from cloudfs import errors
 from cloudfs.api import ApiClient
 from cloudfs.blocks import BlockStore
 from cloudfs.cache import LocalCache
-from cloudfs.chunking import ChunkParams
+from cloudfs.chunking import Chunker, ChunkParams
 from cloudfs.files import FileState, build_manifest
 from cloudfs.inodes import ROOT_INODE, Inode, InodeTable
 from cloudfs.locks import KeyedLock
@@ -637,11 +637,88 @@ class FileSystem:
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self._handle(fh)
+        state = handle.state
+        # backpressure: a writer faster than sealing/uploading waits for it to catch up
+        while state.sealing and state.staged_bytes > self._stage_limit_bytes:
+            await state.seal_progress.wait()
         async with self._locks.hold(handle.ino):
-            state = handle.state
             if handle.append:
                 offset = state.size
-            return state.write(offset, data)
+            written = state.write(offset, data)
+        self._maybe_seal(handle.ino, state)
+        return written
+
+    # ---- sealing: sequential writers upload finished chunks while they write ----------------
+    @property
+    def _seal_min_bytes(self) -> int:
+        return max(2 * self.options.chunk_params.max_bytes, 64 << 10)
+
+    @property
+    def _stage_limit_bytes(self) -> int:
+        return max(3 * self._seal_min_bytes, min(64 << 20, self.cache.limit_bytes // 4))
+
+    def _maybe_seal(self, ino: int, state: FileState) -> None:
+        if state.sealing or self.nursery is None or state.unlinked:
+            return
+        start = state.sealable_from()
+        if start is None or state.size - start < self._seal_min_bytes:
+            return
+        state.sealing = True
+        self.nursery.start_soon(self._seal_task, ino, state)
+
+    async def _seal_task(self, ino: int, state: FileState) -> None:
+        """Cut the finished part of a sequential writer's dirty tail into chunks, store them
+        (pinned), make them base blocks, and upload them, window after window."""
+        chunker = Chunker(self.options.chunk_params)
+        window = max(4 * self._seal_min_bytes, 32 << 20)
+        try:
+            while True:
+                async with self._locks.hold(ino):
+                    if state.unlinked or self._files.get(ino) is not state:
+                        return
+                    start = state.sealable_from()
+                    if start is None or state.size - start < self._seal_min_bytes:
+                        return
+                    buf = state.read_staging(start, min(state.size, start + window))
+                    chunks, _ = await trio.to_thread.run_sync(chunker.cut_and_hash, buf, False)
+                    if not chunks:
+                        return
+                    await self._store_dirty([(b, buf[o : o + n]) for b, o, n in chunks])
+                    state.seal(start, [(b, n) for b, _, n in chunks])
+                    new_ids = list(dict.fromkeys(b for b, _, _ in chunks))
+                    del buf
+                progress, state.seal_progress = state.seal_progress, trio.Event()
+                progress.set()
+                try:
+                    await self.blocks.upload(new_ids)
+                except errors.TemporaryError as exc:
+                    log.info("upload while writing paused (%s); close() will retry", exc)
+                    return
+        except errors.CloudfsError as exc:
+            log.warning("sealing of inode %d stopped: %s", ino, exc)
+        finally:
+            state.sealing = False
+            state.seal_progress.set()
+            state.seal_progress = trio.Event()
+
+    async def _store_dirty(self, items: list[tuple[str, bytes]]) -> None:
+        """Store new blocks locally, pinned until the server has them. When data the server
+        has not acknowledged fills the cache, upload it to make room (writers wait); ENOSPC
+        only when that cannot help (server unreachable, or the data alone exceeds the budget).
+        """
+        for _attempt in range(4):
+            try:
+                self.cache.put_dirty(items)
+                return
+            except errors.QuotaExceededError as exc:
+                full = exc
+            try:
+                await self.blocks.upload(self.cache.dirty_block_ids())
+            except errors.TemporaryError as exc:
+                raise errors.QuotaExceededError(
+                    "local cache is full of data the server has not acknowledged yet"
+                ) from exc
+        raise full
 
     async def flush(self, fh: int) -> None:
         """close(2) of a descriptor: the last writer's close commits (errors reach close)."""
@@ -716,8 +793,8 @@ class FileSystem:
             return
         new_ids: list[str] = []
 
-        def store_dirty(items: list[tuple[str, bytes]]) -> None:
-            self.cache.put_dirty(items)
+        async def store_dirty(items: list[tuple[str, bytes]]) -> None:
+            await self._store_dirty(items)
             new_ids.extend(bid for bid, _ in items)
 
         block_list = await build_manifest(
@@ -738,7 +815,11 @@ class FileSystem:
         }
         self._committing.add(inode.ino)
         try:
-            node = await self._push(entry, budget_s=self.options.commit_budget_s)
+            # bounded: close() must return even if the server hangs
+            with trio.move_on_after(self.options.commit_budget_s + 2.0) as scope:
+                node = await self._push(entry, budget_s=self.options.commit_budget_s)
+            if scope.cancelled_caught:
+                raise errors.TemporaryError("the server did not answer the commit in time")
         except errors.TemporaryError as exc:
             log.warning("server unreachable, queueing commit of %s: %s", inode.node.name, exc)
             self.cache.put_queued(state.node_id, entry)  # durable (fsync) before close returns
@@ -785,6 +866,9 @@ class FileSystem:
                 log.warning("server lacks %d blocks; uploading them again", len(exc.missing))
                 await self.blocks.upload(exc.missing)
             except errors.VersionConflictError as exc:
+                mine = await self._already_committed(entry)
+                if mine is not None:  # our own commit whose answer was lost (queue replay)
+                    return mine
                 await self._conflicted_copy(entry, exc.details)
                 return None
             except errors.NodeNotFoundError:
@@ -795,6 +879,17 @@ class FileSystem:
                 await self._conflicted_copy(entry, {"committed_by": "(deleted elsewhere)"})
                 return None
         raise errors.ProtocolError("the server keeps reporting missing blocks after upload")
+
+    async def _already_committed(self, entry: dict[str, Any]) -> Node | None:
+        """The server's current node if it already holds exactly this content from us."""
+        try:
+            current = await self.api.get_node(entry["node_id"], blocks=True)
+        except errors.NodeNotFoundError:
+            return None
+        blocks = tuple((b, int(n)) for b, n in entry["blocks"])
+        if current.committed_by == self.options.device and current.blocks == blocks:
+            return current
+        return None
 
     async def _conflicted_copy(self, entry: dict[str, Any], details: dict[str, Any]) -> None:
         """Keep our content as a sibling `NAME (conflicted copy from DEVICE …).EXT`."""

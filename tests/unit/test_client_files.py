@@ -80,6 +80,7 @@ ops = st.lists(
         st.tuples(st.just("truncate"), st.integers(0, 6000), st.just(b"")),
         st.tuples(st.just("read"), st.integers(0, 6000), st.integers(0, 3000)),
         st.tuples(st.just("commit"), st.just(0), st.just(b"")),
+        st.tuples(st.just("seal"), st.just(0), st.just(b"")),
     ),
     max_size=25,
 )
@@ -109,13 +110,20 @@ def test_file_state_matches_a_bytearray(
                 state.truncate(a)
                 del model[a:]
                 model.extend(bytes(a - len(model)))
+            elif op == "seal":
+                start = state.sealable_from()
+                if start is not None:
+                    buf = state.read_staging(start, state.size)
+                    chunks, _ = Chunker(TINY).cut_and_hash(buf, False)
+                    cache.put_dirty([(b, buf[o : o + n]) for b, o, n in chunks])
+                    state.seal(start, [(b, n) for b, _, n in chunks])
             elif op == "read":
                 got = await state.read(a, b, blocks)
                 assert got == bytes(model[a : a + b]), f"read({a}, {b})"
             else:
                 stored: dict[str, bytes] = {}
 
-                def store(
+                async def store(
                     items: list[tuple[str, bytes]], stored: dict[str, bytes] = stored
                 ) -> None:
                     for bid, data in items:
@@ -148,7 +156,7 @@ def test_small_edit_rechunks_only_around_it(tmp_path: Path) -> None:
     state.write(50_000, b"edit")
     fresh: list[str] = []
 
-    def store(items: list[tuple[str, bytes]]) -> None:
+    async def store(items: list[tuple[str, bytes]]) -> None:
         fresh.extend(b for b, _ in items)
         cache.put_dirty(items)
 
