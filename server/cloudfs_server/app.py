@@ -39,6 +39,8 @@ class ServerConfig:
     json_max_bytes: int = 32 * MiB
     metadata_threads: int = 4
     synchronous: str = "FULL"
+    max_long_polls: int = 10_000  # held /v1/changes requests; beyond: "retry_after_s" (busy)
+    busy_retry_s: float = 10.0  # the back-off suggested to idle subscribers when busy
 
 
 def open_stores(config: ServerConfig) -> tuple[MetadataStore, BlockStore, GcLock]:
@@ -53,10 +55,17 @@ def open_stores(config: ServerConfig) -> tuple[MetadataStore, BlockStore, GcLock
 class ChangeNotifier:
     """Wakes long-polls of a user after a change is committed (one process only)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_waiting: int = 10_000) -> None:
         self._generation: dict[int, int] = {}
         self._cond: asyncio.Condition | None = None
         self.closing = False
+        self.max_waiting = max_waiting
+        self.waiting = 0  # long-polls held right now (all users)
+
+    @property
+    def busy(self) -> bool:
+        """Too many long-polls are held: idle subscribers should come back later."""
+        return self.waiting >= self.max_waiting
 
     @property
     def cond(self) -> asyncio.Condition:
@@ -74,12 +83,18 @@ class ChangeNotifier:
 
     async def wait(self, user_id: int, seen: int, timeout_s: float) -> None:
         """Return when the user's generation moved past `seen`, on shutdown, or after the wait."""
-        async with self.cond:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.cond.wait_for(lambda: self.closing or self.generation(user_id) != seen),
-                    timeout_s,
-                )
+        self.waiting += 1
+        try:
+            async with self.cond:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self.cond.wait_for(
+                            lambda: self.closing or self.generation(user_id) != seen
+                        ),
+                        timeout_s,
+                    )
+        finally:
+            self.waiting -= 1
 
     async def close(self) -> None:
         async with self.cond:
@@ -198,7 +213,7 @@ def create_app(config: ServerConfig) -> web.Application:
         middlewares=[error_middleware, auth_middleware],
     )
     app[CONFIG] = config
-    app[NOTIFIER] = ChangeNotifier()
+    app[NOTIFIER] = ChangeNotifier(config.max_long_polls)
     app.cleanup_ctx.append(_stores_ctx)
     app.cleanup_ctx.append(_purge_ctx)
     app.on_shutdown.append(_wake_long_polls)

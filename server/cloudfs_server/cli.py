@@ -74,6 +74,7 @@ async def _serve(args: argparse.Namespace) -> int:
         data_dir=Path(args.data),
         retention_days=args.retention_days,
         purge_interval_s=args.purge_interval,
+        max_long_polls=args.max_long_polls,
     )
     app = create_app(config)
     runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"))
@@ -237,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep old versions and trash this long (hourly purge)",
     )
     p.add_argument("--purge-interval", type=float, default=3600.0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--max-long-polls",
+        type=int,
+        default=10_000,
+        help="held change-feed requests; beyond, idle clients are told to retry later",
+    )
     p = cmd("add-user", "create a user and print its API token (last line)")
     p.add_argument("name", type=_user_name)
     p.add_argument("--quota", type=_quota, default=None, metavar="BYTES")

@@ -576,6 +576,7 @@ def _paths() -> J:
                                 "changes": {"type": "array", "items": _ref("Change")},
                                 "cursor": {"type": "integer"},
                                 "more": {"type": "boolean"},
+                                "retry_after_s": {"type": "number"},
                             },
                         },
                     ),

@@ -7,6 +7,7 @@ checks the two lists agree.
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -390,12 +391,21 @@ async def changes(request: web.Request) -> web.Response:
     meta = request.app[META]
     seen = notifier.generation(user.user_id)
     page = await meta.changes(user.user_id, cursor, limit)
+    busy_s = None
     if cursor is not None and not page.changes and wait_s > 0:
-        await notifier.wait(user.user_id, seen, wait_s)
-        page = await meta.changes(user.user_id, cursor, limit)
-    return web.json_response(
-        {"changes": [c.to_json() for c in page.changes], "cursor": page.cursor, "more": page.more}
-    )
+        if notifier.busy:  # do not hold another request: suggest a back-off with jitter
+            busy_s = round(request.app[CONFIG].busy_retry_s * random.uniform(0.5, 1.0), 3)
+        else:
+            await notifier.wait(user.user_id, seen, wait_s)
+            page = await meta.changes(user.user_id, cursor, limit)
+    body: dict[str, Any] = {
+        "changes": [c.to_json() for c in page.changes],
+        "cursor": page.cursor,
+        "more": page.more,
+    }
+    if busy_s is not None:
+        body["retry_after_s"] = busy_s
+    return web.json_response(body)
 
 
 NODE = r"/v1/nodes/{node_id:\d+}"

@@ -57,6 +57,7 @@ class SyncTask:
         self.echoes = 0  # changes the cache already reflected (own changes, replays)
         self.rescans = 0
         self.errors = 0
+        self.busy = 0  # answers that asked us to back off (server holds too many long-polls)
         self.last_lag_ms: float | None = None  # server commit -> applied here, last change
         self.caught_up = trio.Event()
         self._delay = self.options.backoff_min_s
@@ -114,6 +115,7 @@ class SyncTask:
             busy_s = page.get("retry_after_s")
             if busy_s and not page.get("more"):
                 # the server is busy: it asks idle subscribers to come back later
+                self.busy += 1
                 await trio.sleep(min(float(busy_s), self.options.max_busy_delay_s))
             self._delay = self.options.backoff_min_s  # the next failure starts small again
 
@@ -273,6 +275,7 @@ class SyncTask:
             "echoes": self.echoes,
             "rescans": self.rescans,
             "errors": self.errors,
+            "busy": self.busy,
             "last_lag_ms": self.last_lag_ms,
         }
 

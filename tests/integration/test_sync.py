@@ -284,3 +284,32 @@ def _restart_on_port(server: ServerProcess, port: str) -> None:
             break
     server.proc = proc  # stopped by the fixture, by this PID
     threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True).start()
+
+
+async def test_busy_server_suggests_back_off(tmp_path: Path) -> None:
+    """A server that holds its limit of long-polls answers further ones at once with
+    `retry_after_s`; the subscriber waits (capped by its options) and still gets every change."""
+    busy = ServerProcess(tmp_path / "busy-data", "--max-long-polls", "1").start()
+    try:
+        carol = busy.add_user("carol")
+        other = ApiClient(busy.url, carol.token, "phone")
+        try:
+            async with (
+                device(busy, carol, tmp_path / "first", "first") as first,
+                device(busy, carol, tmp_path / "second", "second", max_busy_delay_s=0.1) as second,
+            ):
+                await first.settled(await latest_seq(other))
+                await second.settled(await latest_seq(other))
+                answer = await other.changes(await latest_seq(other), wait_s=5)
+                assert answer["changes"] == [] and 5.0 <= answer["retry_after_s"] <= 10.0
+                root = int((await other.me())["root"])
+                await other.create(root, "seen-by-both.txt", "file")
+                await first.settled(await latest_seq(other))
+                await second.settled(await latest_seq(other))
+                for d in (first, second):
+                    assert await listing(d.fs, ROOT_INODE) == ["seen-by-both.txt"]
+                assert second.task.busy + first.task.busy >= 1, second.task.statistics()
+        finally:
+            await other.aclose()
+    finally:
+        busy.stop()
