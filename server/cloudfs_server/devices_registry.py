@@ -61,8 +61,11 @@ class DeviceRegistry:
         self._accounts: dict[int, Account] = {}
         # One entry (deadline, user_id, device_id, session) per joined device. A heartbeat only
         # moves `Device.deadline` later; when an entry comes due it is checked against the device
-        # and pushed again with the current deadline if the device is still alive.
+        # and pushed again with the current deadline if the device is still alive. Entries of
+        # devices that left stay until due, or until the heap is rebuilt when they outnumber the
+        # live ones (so join/leave churn cannot grow it).
         self._deadlines: list[tuple[float, int, int, str]] = []
+        self._live = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -86,9 +89,17 @@ class DeviceRegistry:
     def _track(self, account: Account, record: DeviceRecord, now: float) -> Device:
         device = Device(record, now + record.lease_s)
         account.devices[record.device_id] = device
+        self._live += 1
         heapq.heappush(
             self._deadlines, (device.deadline, record.user_id, record.device_id, record.session)
         )
+        if len(self._deadlines) > 2 * self._live + 64:
+            self._deadlines = [
+                (d.deadline, d.record.user_id, d.record.device_id, d.record.session)
+                for a in self._accounts.values()
+                for d in a.devices.values()
+            ]
+            heapq.heapify(self._deadlines)
         return device
 
     def _device(self, user_id: int, device_id: int, session: str) -> Device:
@@ -252,6 +263,7 @@ class DeviceRegistry:
     def _drop(self, user_id: int, device_id: int) -> None:
         account = self._accounts[user_id]
         del account.devices[device_id]
+        self._live -= 1
         account.sharing.leave(device_id)
         if not account.devices:
             del self._accounts[user_id]  # memory proportional to accounts with live devices
@@ -259,6 +271,6 @@ class DeviceRegistry:
     def statistics(self) -> dict[str, int]:
         return {
             "accounts": len(self._accounts),
-            "devices": sum(len(a.devices) for a in self._accounts.values()),
+            "devices": self._live,
             "pending_deadlines": len(self._deadlines),
         }

@@ -420,3 +420,24 @@ async def test_restore_claims_persisted_ids_with_empty_block_sets(
         assert [d["device_id"] for d in again.list_devices(3)] == [3]
     finally:
         await again.store.close()
+
+
+@pytest.mark.asyncio
+async def test_join_leave_churn_does_not_grow_the_deadline_heap(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    registry = await open_registry(tmp_path, clock)
+    try:
+        stay = await registry.join(1, "stay", [], 3600)
+        for _ in range(2000):
+            churn = await registry.join(1, "churn", [bid(1)], 3600)
+            await registry.leave(1, churn.device_id, churn.session)
+            assert registry.statistics()["pending_deadlines"] <= 2 * 2 + 64
+        assert registry.statistics()["devices"] == 1
+        clock.now += 3599
+        await registry.heartbeat(1, stay.device_id, stay.session)
+        clock.now += 2
+        assert await registry.expire() == []  # stale entries due, the live device re-armed
+        assert registry.statistics() == {"accounts": 1, "devices": 1, "pending_deadlines": 1}
+    finally:
+        await registry.store.close()
