@@ -1,7 +1,7 @@
 """Real FUSE mounts for tests: `cloudfs mount --foreground` as a child process, by PID.
 
-Every mount is unmounted in `finally` (`cloudfs unmount`, then `fusermount3 -u`, then `-uz`), and only the
-child this fixture started is signalled.
+Every mount is unmounted in `finally` (`cloudfs unmount`, then `fusermount3 -u`, then `-uz`), and
+only the child this fixture started is signalled.
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ pytestmark = pytest.mark.fuse
 
 if not fuse_available():  # pragma: no cover - CI installs fuse3 in scripts/test
     raise RuntimeError("FUSE tests need /dev/fuse and fusermount3 (scripts/test installs fuse3)")
+
+
+def is_mounted(path: Path) -> bool:
+    """Whether something (even a dead FUSE mount) is mounted at `path`, from /proc/self/mounts."""
+    target = os.path.realpath(path)
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == target for line in f)
 
 
 def cloudfs_cmd(*args: str) -> list[str]:
@@ -63,8 +70,10 @@ class Mount:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mount exited with {self.proc.returncode}, see {self.log_path}:\n"
-                                   + self.log_path.read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    f"mount exited with {self.proc.returncode}, see {self.log_path}:\n"
+                    + self.log_path.read_text(errors="replace")[-3000:]
+                )
             if os.path.ismount(self.path):
                 return self
             time.sleep(0.05)
@@ -102,7 +111,9 @@ class Mount:
         return self.start()
 
     def _force_unmount(self) -> None:
-        if os.path.ismount(self.path):
+        # Not os.path.ismount: on a dead FUSE mount (client killed) lstat fails with ENOTCONN
+        # and ismount answers False, leaving the dead mount in place.
+        if is_mounted(self.path):
             r = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True)
             if r.returncode != 0:
                 subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True)
