@@ -1,8 +1,11 @@
-"""The embedded metadata engine: SQLite in WAL mode, one connection per worker thread.
+"""The embedded metadata engine: SQLite in WAL mode, one connection per thread.
 
-Each public coroutine runs one synchronous function in this store's thread pool; writes are one
-`BEGIN IMMEDIATE` transaction each, so concurrent writers are serialised by SQLite itself (they wait
-up to `busy_timeout`). The schema is documented column by column in docs/server.md.
+Reads run in this store's thread pool, each in its own read transaction (a snapshot). Writes go to
+one writer thread that commits them in groups: it takes every write waiting in its queue, runs each
+inside its own SAVEPOINT of one `BEGIN IMMEDIATE` transaction (a failing write rolls back only its
+savepoint and gets its own exception), and COMMITs once, so one fsync covers the whole group. A
+caller is answered only after that COMMIT. Other processes (the CLI) are serialised by SQLite's
+lock and `busy_timeout`. The schema is documented column by column in docs/server.md.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import asyncio
 import functools
 import json
 import logging
+import queue
 import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -180,6 +184,19 @@ def _load_blocks(text: str) -> BlockList:
     return [(b, n) for b, n in json.loads(text)]
 
 
+# At most this many writes share one transaction (bounds the work lost to one failed COMMIT).
+GROUP_MAX = 64
+
+
+class _WriteItem:
+    __slots__ = ("args", "durable", "fn", "future")
+
+    def __init__(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], durable: bool, future: Future[Any]
+    ) -> None:
+        self.fn, self.args, self.durable, self.future = fn, args, durable, future
+
+
 def _chunks(items: list[T], size: int = IN_CHUNK) -> Iterable[list[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -202,6 +219,10 @@ class SqliteMetadataStore(MetadataStore):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        self._writes: queue.SimpleQueue[_WriteItem | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self.groups_committed = 0  # statistics: transactions the writer committed
+        self.writes_committed = 0  # statistics: writes they contained
 
     # ---- plumbing ------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -221,30 +242,70 @@ class SqliteMetadataStore(MetadataStore):
                 self._conns.append(conn)
         return conn
 
-    def _write_sync(self, fn: Callable[..., T], *args: Any) -> T:
+    def _writer_main(self) -> None:
         conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn, *args)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+        while True:
+            item = self._writes.get()
+            if item is None:
+                return
+            group = [item]
+            stop = False
+            while len(group) < GROUP_MAX:
+                try:
+                    more = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                group.append(more)
+            self._commit_group(conn, group)
+            if stop:
+                return
 
-    def _lazy_write_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """A write that need not be durable on its own (WAL not fsynced at its commit).
+    def _commit_group(self, conn: sqlite3.Connection, group: list[_WriteItem]) -> None:
+        """Run a group of writes in one transaction; answer each future after COMMIT.
 
-        In WAL mode the log is append-only, so the next durable commit (any namespace change)
-        fsyncs it together with this one. Used for upload rows: losing one to a power cut only
-        makes the client upload the block again, and a commit referencing it is itself durable.
+        This is the writer thread's boundary: every exception is handed to the caller whose
+        write raised it (or, for BEGIN/COMMIT failures, to every caller of the group).
         """
-        conn = self._conn()
-        conn.execute("PRAGMA synchronous = NORMAL")
+        # A group with no durable write (only upload rows) is committed without fsyncing the
+        # WAL: WAL is append-only, so the next durable commit (the one that references the
+        # block) makes it durable too; losing it to a power cut only means a re-upload.
+        durable = any(item.durable for item in group)
+        conn.execute(f"PRAGMA synchronous = {self.synchronous if durable else 'NORMAL'}")
+        group = [item for item in group if item.future.set_running_or_notify_cancel()]
+        if not group:
+            return
+        done: list[tuple[_WriteItem, Any, BaseException | None]] = []
         try:
-            return self._write_sync(fn, *args)
-        finally:
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("BEGIN IMMEDIATE")
+            for item in group:
+                conn.execute("SAVEPOINT write")
+                try:
+                    result = item.fn(conn, *item.args)
+                except BaseException as exc:
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                    done.append((item, None, exc))
+                    continue
+                conn.execute("RELEASE write")
+                done.append((item, result, None))
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            log.error("metadata transaction of %d writes failed: %s", len(group), exc)
+            for item in group:
+                item.future.set_exception(exc)
+            return
+        self.groups_committed += 1
+        self.writes_committed += len(group)
+        for item, result, error in done:
+            if error is None:
+                item.future.set_result(result)
+            else:
+                item.future.set_exception(error)
 
     def _read_sync(self, fn: Callable[..., T], *args: Any) -> T:
         conn = self._conn()
@@ -254,11 +315,13 @@ class SqliteMetadataStore(MetadataStore):
         finally:
             conn.execute("COMMIT")
 
-    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(self._write_sync, fn, *args)
-        )
+    async def _write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
+        """Run `fn(conn, *args)` as one atomic write; return after it is committed."""
+        if self._writer is None:
+            raise RuntimeError("the metadata store is not open")
+        future: Future[T] = Future()
+        self._writes.put(_WriteItem(fn, args, durable, future))
+        return await asyncio.wrap_future(future)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -295,9 +358,18 @@ class SqliteMetadataStore(MetadataStore):
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._open_sync)
+        if self._writer is None:
+            self._writer = threading.Thread(
+                target=self._writer_main, name="meta-writer", daemon=True
+            )
+            self._writer.start()
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._writer is not None:
+            self._writes.put(None)  # the writer finishes what is queued first
+            await loop.run_in_executor(None, self._writer.join)
+            self._writer = None
         await loop.run_in_executor(None, functools.partial(self._executor.shutdown, wait=True))
         with self._conns_lock:
             for conn in self._conns:
@@ -598,10 +670,7 @@ class SqliteMetadataStore(MetadataStore):
             )
             return new
 
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(self._lazy_write_sync, run)
-        )
+        return await self._write(run, durable=False)
 
     async def missing_blocks(self, user_id: int, block_ids: list[str]) -> list[str]:
         def run(conn: sqlite3.Connection) -> list[str]:
