@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from aiohttp.test_utils import TestClient
+from cloudfs_server.app import META
 
 from tests.server.conftest import AppUser
 
@@ -264,3 +268,22 @@ async def test_other_users_nodes_answer_like_missing_ones(ann: AppUser, ben: App
     )
     assert (status, body["error"]) == (404, "not_found")
     assert await ann.children(d["id"]) == ["secret"]
+
+
+async def test_group_commit_isolates_failing_writes(ann: AppUser, client: TestClient) -> None:
+    store = client.app[META]
+    groups_before, writes_before = store.groups_committed, store.writes_committed
+    names = [f"d{i % 25}" for i in range(50)]  # every name twice: one create wins, one exists
+    results = await asyncio.gather(
+        *(
+            ann.call("POST", f"/v1/nodes/{ann.root}/children", {"name": n, "type": "dir"})
+            for n in names
+        )
+    )
+    statuses = sorted(status for status, _ in results)
+    assert statuses == [201] * 25 + [409] * 25
+    assert sorted(await ann.children(ann.root)) == sorted(set(names))
+    _, changes = await ann.call("GET", "/v1/changes?cursor=0")
+    assert [c["seq"] for c in changes["changes"]] == list(range(1, 26))
+    assert store.writes_committed - writes_before == 50
+    assert store.groups_committed - groups_before < 50  # some writes shared a transaction
