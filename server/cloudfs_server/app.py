@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -107,7 +108,10 @@ META = web.AppKey("meta", MetadataStore)
 BLOCKS = web.AppKey("blocks", BlockStore)
 GC_LOCK = web.AppKey("gc_lock", GcLock)
 NOTIFIER = web.AppKey("notifier", ChangeNotifier)
-USER = web.RequestKey("cloudfs_user", UserInfo)  # the authenticated user
+# The authenticated user. web.RequestKey exists from aiohttp 3.14; older versions take a str key.
+USER: Any = (
+    web.RequestKey("cloudfs_user", UserInfo) if hasattr(web, "RequestKey") else "cloudfs_user"
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
