@@ -142,7 +142,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         else:
             message = exc.reason
         return error_json(exc.status, {"error": code, "message": message})
-    except (asyncio.CancelledError, ConnectionResetError):
+    except ConnectionResetError:
+        # The client went away (e.g. in the middle of a block body): nothing was stored and
+        # nobody reads this answer; keep the log free of a traceback.
+        log.info("%s %s: client disconnected", request.method, request.path)
+        return error_json(400, {"error": "bad_request", "message": "connection lost"})
+    except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unexpected error in %s %s", request.method, request.path)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -284,4 +286,23 @@ def test_one_server_per_data_dir(server: ServerProcess) -> None:
         second.start()
     second.stop()
     assert "already serving" in second.log_path.read_text()
+    assert server.request("GET", "/healthz") == (200, {"ok": True})
+
+
+def test_client_vanishing_mid_upload_stores_nothing(server: ServerProcess, alice: User) -> None:
+    url = urlsplit(server.url)
+    block_id = bid(b"never completed")
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(
+            f"PUT /v1/blocks/{block_id} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {alice.token}\r\nContent-Length: 1000000\r\n\r\n".encode()
+            + b"x" * 5000
+        )
+        time.sleep(0.3)
+    deadline = time.monotonic() + 5
+    while "client disconnected" not in server.log_path.read_text():
+        assert time.monotonic() < deadline, "the server never noticed the disconnect"
+        time.sleep(0.05)
+    assert list((server.data_dir / "tmp").iterdir()) == []
+    assert block_files(server.data_dir) == set()
     assert server.request("GET", "/healthz") == (200, {"ok": True})
