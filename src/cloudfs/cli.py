@@ -376,6 +376,22 @@ def render_status(st: dict[str, Any]) -> str:
             f"  open with changes: {len(dirty)} files "
             f"({format_size(sum(d['staged_bytes'] for d in dirty))} staged)"
         )
+    reg = st.get("registry")
+    if reg:
+        lines.append(
+            f"  device registry: device {reg['device_id']}, {reg['blocks_reported']} cached blocks"
+            " reported"
+            if reg["device_id"] is not None
+            else f"  device registry: not joined ({reg.get('last_error') or 'joining'})"
+        )
+    sync = st.get("sync")
+    if sync:
+        lines.append(
+            f"  live sync: {'live' if sync['live'] else 'NOT live (catching up or offline)'} at "
+            f"change {sync['cursor']}; {sync['applied']} remote changes applied, "
+            f"{sync['echoes']} own, {sync['rescans']} rescans; "
+            f"{st.get('requests', 0)} server requests besides the feed"
+        )
     queued = st.get("queued") or []
     if queued:
         lines.append(f"  pending commits (waiting for the server): {len(queued)}")

@@ -154,6 +154,7 @@ class Mount:
         self.me = me
         self.cache_dir = cache_dir
         self.cache = LocalCache(cache_dir / "lmdb", opts.cache_size_bytes)
+        self.registry = RegistryTask.connect(opts.server, opts.token, opts.device, self.cache)
         self.notifier = KernelNotifier()
         self.fs: FileSystem | None = None
         self.sync: SyncTask | None = None
@@ -201,7 +202,7 @@ class Mount:
                 await self._start_control(nursery)
                 self._write_record()
                 nursery.start_soon(fs.queue_task)
-                nursery.start_soon(RegistryTask(self.api, self.cache, self.opts.device).run)
+                nursery.start_soon(self.registry.run)
                 self.sync = SyncTask(fs)
                 await nursery.start(self.sync.run)
                 nursery.start_soon(self._signals)
@@ -316,6 +317,7 @@ class Mount:
             "internal_errors": self.ops.internal_errors if self.ops else 0,
             "requests": self.api.requests,
             "sync": self.sync.statistics() if self.sync else None,
+            "registry": self.registry.statistics(),
             **self.fs.status(),
         }
 

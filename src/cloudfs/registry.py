@@ -146,6 +146,18 @@ class RegistryTask:
         self._last_call = -math.inf
         self.joins = 0
         self.last_error: str | None = None
+        self._own_api: ApiClient | None = None
+
+    @classmethod
+    def connect(
+        cls, server: str, token: str, device_name: str, cache: LocalCache, **kwargs: Any
+    ) -> RegistryTask:
+        """A task with its own HTTP client (closed when `run` ends): registry traffic neither
+        waits for the data plane's connections nor counts in its request statistics."""
+        api = ApiClient(server, token, device_name)
+        task = cls(api, cache, device_name, **kwargs)
+        task._own_api = api
+        return task
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -174,6 +186,9 @@ class RegistryTask:
                 await trio.sleep(delay)
         finally:
             await self._leave()
+            if self._own_api is not None:
+                with trio.CancelScope(shield=True):
+                    await self._own_api.aclose()
 
     async def _join(self) -> None:
         snapshot = await self._scan()

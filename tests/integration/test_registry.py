@@ -415,6 +415,11 @@ def test_three_mounts_ids_holders_and_a_killed_mount_expiring(
         poll("phone to join", lambda: listed_devices(server, alice)[-1:] == [(2, "phone")])
         desk = mount("desk")
         poll("desk to join", lambda: listed_devices(server, alice)[-1:] == [(3, "desk")])
+        status = cloudfs("status", str(laptop.path), "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["registry"]["device_id"] == 1
+        status = cloudfs("status", str(desk.path))
+        assert "device registry: device 3, 0 cached blocks reported" in status.stdout
 
         data = os.urandom(400_000)
         (laptop.path / "photo.raw").write_bytes(data)  # close() commits: laptop holds the blocks
