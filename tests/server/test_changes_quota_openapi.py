@@ -6,11 +6,12 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
 from cloudfs_server import openapi
-from cloudfs_server.app import META
+from cloudfs_server.app import META, ServerConfig, create_app
 
 from tests.server.conftest import AppUser
 
@@ -145,3 +146,21 @@ async def test_openapi_documents_every_route_and_only_those(
             if method in ("post", "put", "patch") and "requestBody" not in op:
                 assert path.endswith("/restore") and "versions" in path, (method, path)
     assert doc == openapi.document()
+
+
+async def test_busy_server_answers_idle_polls_at_once_with_a_back_off(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path
+) -> None:
+    app = create_app(ServerConfig(data_dir=tmp_path, synchronous="NORMAL", max_long_polls=1))
+    client = await aiohttp_client(app)
+    info, token = await app[META].create_user("u", None)
+    user = AppUser(client, token, info.root)
+    held = asyncio.create_task(user.call("GET", "/v1/changes?cursor=0&wait=20"))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    status, body = await user.call("GET", "/v1/changes?cursor=0&wait=20")
+    assert status == 200 and body["changes"] == [] and 5 <= body["retry_after_s"] <= 10
+    assert time.monotonic() - started < 2
+    await user.mkdir(info.root, "x")
+    status, body = await asyncio.wait_for(held, 5)
+    assert [c["name"] for c in body["changes"]] == ["x"] and "retry_after_s" not in body
