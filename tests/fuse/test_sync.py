@@ -187,6 +187,8 @@ def test_own_changes_cause_no_refetch(mount_factory: Callable[..., Mount], alice
     assert s1["requests"] == r0, f"listing own files asked the server {s1['requests'] - r0}x"
     assert s1["sync"]["applied"] == s0["applied"] == 0, s1["sync"]
     assert s1["sync"]["echoes"] >= 11
+    human = subprocess.run(cloudfs_cmd("status", str(a.path)), capture_output=True, text=True)
+    assert "live sync: live at change" in human.stdout, human.stdout
 
 
 def test_ls_lR_of_listed_tree_makes_no_server_calls(
