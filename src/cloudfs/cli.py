@@ -376,6 +376,14 @@ def render_status(st: dict[str, Any]) -> str:
             f"  open with changes: {len(dirty)} files "
             f"({format_size(sum(d['staged_bytes'] for d in dirty))} staged)"
         )
+    reg = st.get("registry")
+    if reg:
+        lines.append(
+            f"  device registry: device {reg['device_id']}, {reg['blocks_reported']} cached blocks"
+            " reported"
+            if reg["device_id"] is not None
+            else f"  device registry: not joined ({reg.get('last_error') or 'joining'})"
+        )
     sync = st.get("sync")
     if sync:
         lines.append(
