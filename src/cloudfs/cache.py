@@ -2,7 +2,7 @@
 eviction of clean blocks, node metadata, the durable commit queue, recent conflicts and small state.
 
 Key layout (docs/client.md, "Cache key layout"):
-    blocks     raw 32-byte BLAKE3 digest            -> block bytes
+    blocks     raw 32-byte BLAKE3 digest + u32be segment -> 65,520 bytes of the block
     binfo      raw digest                  -> u64 size, u8 state (0 clean 1 dirty), u64 tick
     nodes      u64be node id                        -> node JSON (metadata cache)
     entries    u64be parent id + UTF-8 name         -> u64be child id
@@ -36,6 +36,13 @@ log = logging.getLogger(__name__)
 CLEAN = 0
 DIRTY = 1
 _INFO = struct.Struct(">QBQ")
+_SEG = struct.Struct(">I")
+# Blocks are stored in segments whose LMDB overflow pages fill exactly 16 pages (64 KiB minus
+# the 16-byte page header): freed segments are reused by any new block, so the data file stays
+# close to the budget instead of fragmenting around variable-size blocks.
+SEGMENT_BYTES = 16 * 4096 - 16
+LAYOUT_VERSION = 2
+OVERHEAD_DIVISOR = 4  # a quarter of the budget is left for LMDB's free pages and metadata
 _U64 = struct.Struct(">Q")
 
 
@@ -79,10 +86,24 @@ class LocalCache:
         self._verified: set[str] = set()  # blocks rehashed since this process opened the cache
         self.used_bytes = 0
         self.dirty_bytes = 0
+        # bytes of the budget used outside LMDB (staging files), set by the filesystem
+        self.reserved_bytes = 0
         self._tick = 0
+        self._check_layout()
         self._load()
 
     # ---- lifecycle -------------------------------------------------------------------------
+    def _check_layout(self) -> None:
+        """A cache written with another key layout: forget its clean blocks (refetchable)."""
+        if self.get_state("layout") == LAYOUT_VERSION:
+            return
+        with self.env.begin(write=True) as txn:
+            if txn.stat(self.binfo)["entries"]:
+                log.warning("cache layout changed; dropping cached blocks")
+                txn.drop(self.blocks, delete=False)
+                txn.drop(self.binfo, delete=False)
+        self.set_state("layout", LAYOUT_VERSION)
+
     def _load(self) -> None:
         clean: list[tuple[int, str, int]] = []
         with self.env.begin(db=self.binfo) as txn:
@@ -120,23 +141,32 @@ class LocalCache:
         with self.env.begin(db=self.binfo) as txn:
             return txn.get(_key(block_id)) is not None
 
+    def _block_size(self, txn: lmdb.Transaction, key: bytes) -> int | None:
+        val = txn.get(key, db=self.binfo)
+        return None if val is None else _INFO.unpack(val)[0]
+
     def get_block(self, block_id: str, start: int = 0, end: int | None = None) -> bytes | None:
-        """Bytes `[start:end)` of a cached block, or None if absent. The first access in this
-        process rehashes the whole block; a block that fails is dropped (the caller refetches)."""
+        """Bytes `[start:end)` of a cached block, or None if absent. Only the segments covering
+        the range are read; the first access in this process rehashes the whole block, and a
+        block that fails is dropped (the caller refetches)."""
         key = _key(block_id)
+        corrupt = False
         with self.env.begin(db=self.blocks, buffers=True) as txn:
-            buf = txn.get(key)
-            if buf is None:
+            size = self._block_size(txn, key)
+            if size is None:
                 return None
+            stop = size if end is None else min(end, size)
             if block_id not in self._verified:
-                if block_id_of(buf) != block_id:
+                whole = self._read_segments(txn, key, 0, size)
+                if whole is None or block_id_of(whole) != block_id:
                     corrupt = True
+                    data = None
                 else:
-                    corrupt = False
                     self._verified.add(block_id)
+                    data = whole[start:stop] if (start or stop != size) else whole
             else:
-                corrupt = False
-            data = None if corrupt else bytes(buf[start:end])
+                data = self._read_segments(txn, key, start, stop)
+                corrupt = data is None
         if corrupt:
             log.warning("cached block %s failed verification; dropping it", block_id)
             self.drop_blocks([block_id], force=True)
@@ -145,11 +175,37 @@ class LocalCache:
             self._lru.move_to_end(block_id)
         return data
 
+    def _read_segments(
+        self, txn: lmdb.Transaction, key: bytes, start: int, stop: int
+    ) -> bytes | None:
+        if stop <= start:
+            return b""
+        first, last = start // SEGMENT_BYTES, (stop - 1) // SEGMENT_BYTES
+        parts = []
+        for seg in range(first, last + 1):
+            buf = txn.get(key + _SEG.pack(seg))
+            if buf is None:
+                return None
+            base = seg * SEGMENT_BYTES
+            lo = max(start - base, 0)
+            hi = min(stop - base, len(buf))
+            parts.append(bytes(buf[lo:hi]) if (lo or hi != len(buf)) else bytes(buf))
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _put_segments(self, txn: lmdb.Transaction, key: bytes, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        for seg, pos in enumerate(range(0, max(len(view), 1), SEGMENT_BYTES)):
+            txn.put(key + _SEG.pack(seg), view[pos : pos + SEGMENT_BYTES], db=self.blocks)
+
+    def _delete_segments(self, txn: lmdb.Transaction, key: bytes, size: int) -> None:
+        for seg in range(max(1, -(-size // SEGMENT_BYTES))):
+            txn.delete(key + _SEG.pack(seg), db=self.blocks)
+
     def put_clean(self, block_id: str, data: bytes | memoryview) -> bool:
         """Cache a block the server has. Evicts LRU clean blocks to stay within the budget;
         returns False (and stores nothing) if dirty data leaves no room."""
         size = len(data)
-        if block_id in self._lru or size > self.limit_bytes:
+        if block_id in self._lru or size > self.block_budget_bytes:
             return block_id in self._lru
         if not self._make_room(size):
             return False
@@ -158,7 +214,7 @@ class LocalCache:
             if txn.get(key, db=self.binfo) is not None:
                 return True
             self._tick += 1
-            txn.put(key, data, db=self.blocks)
+            self._put_segments(txn, key, data)
             txn.put(key, _INFO.pack(size, CLEAN, self._tick), db=self.binfo)
         self.used_bytes += size
         self._lru[block_id] = size
@@ -189,7 +245,7 @@ class LocalCache:
             for block_id, data in new.items():
                 key = _key(block_id)
                 self._tick += 1
-                txn.put(key, data, db=self.blocks)
+                self._put_segments(txn, key, data)
                 txn.put(key, _INFO.pack(len(data), DIRTY, self._tick), db=self.binfo)
         self.used_bytes += need
         self.dirty_bytes += need
@@ -239,7 +295,7 @@ class LocalCache:
                 if state == DIRTY and not force:
                     continue
                 txn.delete(key, db=self.binfo)
-                txn.delete(key, db=self.blocks)
+                self._delete_segments(txn, key, size)
                 self.used_bytes -= size
                 if state == DIRTY:
                     self.dirty_bytes -= size
@@ -252,17 +308,26 @@ class LocalCache:
         self.drop_blocks(ids)
         return len(ids)
 
+    @property
+    def block_budget_bytes(self) -> int:
+        """What block data may occupy: the limit, minus staging, minus room for LMDB's own
+        overhead (free pages it keeps for snapshots, page headers, metadata)."""
+        return self.limit_bytes - self.limit_bytes // OVERHEAD_DIVISOR - self.reserved_bytes
+
     def _make_room(self, size: int) -> bool:
-        if self.used_bytes + size <= self.limit_bytes:
+        budget = self.block_budget_bytes
+        if self.used_bytes + size <= budget:
             return True
         victims: list[str] = []
         freed = 0
         for block_id, bsize in self._lru.items():
-            if self.used_bytes - freed + size <= self.limit_bytes:
+            if self.used_bytes - freed + size <= budget:
                 break
             victims.append(block_id)
             freed += bsize
-        if self.used_bytes - freed + size > self.limit_bytes:
+        if self.used_bytes - freed + size > budget:
+            if victims:
+                self.drop_blocks(victims)
             return False
         self.drop_blocks(victims)
         return True
@@ -270,10 +335,13 @@ class LocalCache:
     def verify(self) -> list[str]:
         """Ids of cached blocks that do not rehash to their key (empty when healthy)."""
         bad = []
-        with self.env.begin(db=self.blocks, buffers=True) as txn:
-            for key, val in txn.cursor():
-                if block_id_of(val) != bytes(key).hex():
-                    bad.append(bytes(key).hex())
+        with self.env.begin(buffers=True) as txn:
+            for key, val in txn.cursor(db=self.binfo):
+                key = bytes(key)
+                size = _INFO.unpack(val)[0]
+                data = self._read_segments(txn, key, 0, size)
+                if data is None or block_id_of(data) != key.hex():
+                    bad.append(key.hex())
         return bad
 
     def statistics(self) -> dict[str, int]:

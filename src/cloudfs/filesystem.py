@@ -645,17 +645,18 @@ class FileSystem:
             if handle.append:
                 offset = state.size
             written = state.write(offset, data)
+        self._account_staging()
         self._maybe_seal(handle.ino, state)
         return written
 
     # ---- sealing: sequential writers upload finished chunks while they write ----------------
     @property
     def _seal_min_bytes(self) -> int:
-        return max(2 * self.options.chunk_params.max_bytes, 64 << 10)
+        return max(self.options.chunk_params.max_bytes * 3 // 2, 64 << 10)
 
     @property
     def _stage_limit_bytes(self) -> int:
-        return max(3 * self._seal_min_bytes, min(64 << 20, self.cache.limit_bytes // 4))
+        return max(2 * self._seal_min_bytes, min(64 << 20, self.cache.limit_bytes // 8))
 
     def _maybe_seal(self, ino: int, state: FileState) -> None:
         if state.sealing or self.nursery is None or state.unlinked:
@@ -670,7 +671,7 @@ class FileSystem:
         """Cut the finished part of a sequential writer's dirty tail into chunks, store them
         (pinned), make them base blocks, and upload them, window after window."""
         chunker = Chunker(self.options.chunk_params)
-        window = max(4 * self._seal_min_bytes, 32 << 20)
+        window = max(2 * self._seal_min_bytes, min(32 << 20, self._stage_limit_bytes))
         try:
             while True:
                 async with self._locks.hold(ino):
@@ -685,6 +686,7 @@ class FileSystem:
                         return
                     await self._store_dirty([(b, buf[o : o + n]) for b, o, n in chunks])
                     state.seal(start, [(b, n) for b, _, n in chunks])
+                    self._account_staging()
                     new_ids = list(dict.fromkeys(b for b, _, _ in chunks))
                     del buf
                 progress, state.seal_progress = state.seal_progress, trio.Event()
@@ -700,6 +702,10 @@ class FileSystem:
             state.sealing = False
             state.seal_progress.set()
             state.seal_progress = trio.Event()
+
+    def _account_staging(self) -> None:
+        """Staged bytes count against the cache budget (they live in the cache dir too)."""
+        self.cache.reserved_bytes = sum(st.staged_bytes for st in self._files.values())
 
     async def _store_dirty(self, items: list[tuple[str, bytes]]) -> None:
         """Store new blocks locally, pinned until the server has them. When data the server

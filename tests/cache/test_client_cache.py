@@ -17,12 +17,19 @@ KiB = 1024
 
 
 def blk(seed: int, n: int = 100 * KiB) -> tuple[str, bytes]:
-    data = os.urandom(8) + bytes([seed % 256]) * (n - 8)
+    data = os.urandom(n)
     return block_id_of(data), data
 
 
+def with_budget(path: Path, budget: int) -> LocalCache:
+    """A cache whose block budget (limit minus LMDB overhead room) is `budget`."""
+    cache = LocalCache(path, budget * 4 // 3 + 4)
+    assert budget <= cache.block_budget_bytes < budget + 8
+    return cache
+
+
 def test_budget_and_lru_eviction(tmp_path: Path) -> None:
-    cache = LocalCache(tmp_path / "c", 350 * KiB)
+    cache = with_budget(tmp_path / "c", 350 * KiB)
     a, b, c, d = (blk(i) for i in range(4))
     for bid, data in (a, b, c):
         assert cache.put_clean(bid, data)
@@ -31,11 +38,14 @@ def test_budget_and_lru_eviction(tmp_path: Path) -> None:
     assert cache.get_block(b[0]) is None
     assert cache.get_block(a[0]) == a[1] and cache.get_block(d[0]) == d[1]
     assert cache.used_bytes <= 350 * KiB
+    cache.reserved_bytes = 150 * KiB  # staging counts against the budget too
+    assert cache.put_clean(*blk(9))
+    assert cache.used_bytes <= 200 * KiB
     cache.close()
 
 
 def test_dirty_blocks_are_never_evicted(tmp_path: Path) -> None:
-    cache = LocalCache(tmp_path / "c", 250 * KiB)
+    cache = with_budget(tmp_path / "c", 250 * KiB)
     d1, d2, c1 = blk(1), blk(2), blk(3)
     cache.put_dirty([d1, d2])
     assert cache.dirty_bytes == 200 * KiB
@@ -76,9 +86,17 @@ def test_corrupted_block_is_detected_on_first_read(tmp_path: Path) -> None:
     cache.close()
     env = lmdb.open(str(tmp_path / "c"), max_dbs=16)
     db = env.open_db(b"blocks")
+    flipped = 0
     with env.begin(write=True, db=db) as txn:
-        txn.put(bytes.fromhex(bid), b"X" + data[1:])
+        for key, value in list(txn.cursor()):
+            at = value.find(data[1000:1100])
+            if at >= 0:
+                bad = bytearray(value)
+                bad[at] ^= 0xFF
+                txn.put(key, bytes(bad))
+                flipped += 1
     env.close()
+    assert flipped == 1
     again = LocalCache(tmp_path / "c", 1 << 20)
     assert again.get_block(bid) is None, "a corrupted block must not be returned"
     assert not again.has_block(bid) and again.used_bytes == 0
