@@ -36,11 +36,13 @@ async def collect(
 ) -> GcResult:
     result = GcResult()
     async with lock.exclusive():
-        doomed = await meta.collect_garbage(time.time_ns() - int(grace_s * 1e9))
-        for block_id, size in doomed:
-            await blocks.delete(block_id)
-            result.blocks += 1
-            result.bytes += size
+        before_ns = time.time_ns() - int(grace_s * 1e9)
+        # In batches: each transaction is short, so the server's commits are not held up.
+        while doomed := await meta.collect_garbage(before_ns):
+            for block_id, size in doomed:
+                await blocks.delete(block_id)
+                result.blocks += 1
+                result.bytes += size
         # Files without a row: left by a crash between publishing a block and recording it
         # (nobody can be in that window while we hold the lock exclusively).
         known = {b for b, _, _ in await meta.all_blocks()}

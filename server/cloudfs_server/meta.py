@@ -187,8 +187,11 @@ class MetadataStore(abc.ABC):
 
     # ---- maintenance ---------------------------------------------------------------------
     @abc.abstractmethod
-    async def collect_garbage(self, uploaded_before_ns: int) -> list[tuple[str, int]]:
-        """Delete rows of unreferenced blocks uploaded before the time (and their availability).
+    async def collect_garbage(
+        self, uploaded_before_ns: int, limit: int = 1000
+    ) -> list[tuple[str, int]]:
+        """Delete rows of up to `limit` unreferenced blocks uploaded before the time (and their
+        availability rows), in one transaction; returns them. Call until it returns [].
 
         Must be called while holding the exclusive gc lock; the caller then deletes the files.
         """

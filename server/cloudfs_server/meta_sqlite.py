@@ -184,6 +184,8 @@ def _load_blocks(text: str) -> BlockList:
     return [(b, n) for b, n in json.loads(text)]
 
 
+# Rows per purge transaction.
+PURGE_BATCH = 1000
 # At most this many writes share one transaction (bounds the work lost to one failed COMMIT).
 GROUP_MAX = 64
 
@@ -1123,25 +1125,41 @@ class SqliteMetadataStore(MetadataStore):
         return await self._write(run)
 
     async def purge(self, retention_ns: int) -> tuple[int, int]:
-        def run(conn: sqlite3.Connection) -> tuple[int, int]:
-            cutoff = time.time_ns() - retention_ns
-            versions = self._drop_versions(
-                conn, "superseded_at_ns IS NOT NULL AND superseded_at_ns < ?", (cutoff,)
+        # In batches of PURGE_BATCH rows, each its own write, so a large purge never holds the
+        # writer (and with it every user's commit) for long. Each batch is consistent on its own.
+        cutoff = time.time_ns() - retention_ns
+
+        def old_versions(conn: sqlite3.Connection) -> int:
+            return self._drop_versions(
+                conn,
+                "rowid IN (SELECT rowid FROM versions WHERE superseded_at_ns IS NOT NULL "
+                "AND superseded_at_ns < ? LIMIT ?)",
+                (cutoff, PURGE_BATCH),
             )
+
+        def old_trash(conn: sqlite3.Connection) -> tuple[int, int]:
             trashed = [
                 r[0]
                 for r in conn.execute(
                     "SELECT node_id FROM nodes WHERE trashed_at_ns IS NOT NULL "
-                    "AND trashed_at_ns < ?",
-                    (cutoff,),
+                    "AND trashed_at_ns < ? LIMIT ?",
+                    (cutoff, PURGE_BATCH // 10),
                 )
             ]
+            versions = 0
             for node_id in trashed:
                 versions += self._drop_versions(conn, "node_id = ?", (node_id,))
                 conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
             return versions, len(trashed)
 
-        return await self._write(run)
+        versions = nodes = 0
+        while n := await self._write(old_versions):
+            versions += n
+        while True:
+            v, t = await self._write(old_trash)
+            versions, nodes = versions + v, nodes + t
+            if not t:
+                return versions, nodes
 
     # ---- change log ----------------------------------------------------------------------
     async def changes(self, user_id: int, cursor: int | None, limit: int) -> ChangePage:
@@ -1196,11 +1214,14 @@ class SqliteMetadataStore(MetadataStore):
         return await self._write(run)
 
     # ---- maintenance ---------------------------------------------------------------------
-    async def collect_garbage(self, uploaded_before_ns: int) -> list[tuple[str, int]]:
+    async def collect_garbage(
+        self, uploaded_before_ns: int, limit: int = 1000
+    ) -> list[tuple[str, int]]:
         def run(conn: sqlite3.Connection) -> list[tuple[str, int]]:
             rows = conn.execute(
-                "SELECT block_id, size FROM blocks WHERE refcount = 0 AND uploaded_at_ns < ?",
-                (uploaded_before_ns,),
+                "SELECT block_id, size FROM blocks WHERE refcount = 0 AND uploaded_at_ns < ? "
+                "LIMIT ?",
+                (uploaded_before_ns, limit),
             ).fetchall()
             conn.executemany("DELETE FROM availability WHERE block_id = ?", [(r[0],) for r in rows])
             conn.executemany("DELETE FROM blocks WHERE block_id = ?", [(r[0],) for r in rows])

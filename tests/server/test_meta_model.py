@@ -13,7 +13,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from cloudfs_server import errors
+from cloudfs_server import errors, meta_sqlite
 from cloudfs_server.meta_sqlite import SqliteMetadataStore
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -52,6 +52,8 @@ class MetaMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tmp = TemporaryDirectory()
+        # Tiny purge batches, so purging exercises the batch loops.
+        self.saved_batch, meta_sqlite.PURGE_BATCH = meta_sqlite.PURGE_BATCH, 3
         self.loop = asyncio.new_event_loop()
         self.store = SqliteMetadataStore(Path(self.tmp.name) / "m.sqlite3", synchronous="OFF")
         self.run(self.store.open())
@@ -63,6 +65,7 @@ class MetaMachine(RuleBasedStateMachine):
                 self.run(self.store.record_upload(self.uid, block_id, size))
 
     def teardown(self) -> None:
+        meta_sqlite.PURGE_BATCH = self.saved_batch
         self.run(self.store.close())
         self.loop.close()
         self.tmp.cleanup()
