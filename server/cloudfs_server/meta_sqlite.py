@@ -1143,7 +1143,7 @@ class SqliteMetadataStore(MetadataStore):
                 for r in conn.execute(
                     "SELECT node_id FROM nodes WHERE trashed_at_ns IS NOT NULL "
                     "AND trashed_at_ns < ? LIMIT ?",
-                    (cutoff, PURGE_BATCH // 10),
+                    (cutoff, max(1, PURGE_BATCH // 10)),
                 )
             ]
             versions = 0
