@@ -1,8 +1,9 @@
 """HTTP routes of the device registry (`/v1/devices…`), its lease task, and `setup(app)`.
 
 Routes parse, call the `DeviceRegistry` (devices_registry.py), and answer; the registry keeps
-one `FileSharing` per account (devices_peers.py, a byte-identical copy of `cloudfs.peers`, since
-the server may not import the client package). The protocol is in docs/protocol.md ("Devices").
+one `FileSharing` per account (`cloudfs.peers`, the pure layer-0 structure shared with the
+client; tests/test_layers.py allows the server exactly such pure modules). The protocol is in
+docs/protocol.md ("Devices").
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from cloudfs_server.devices_peers import FileSharing
+from cloudfs.peers import FileSharing
 from cloudfs_server.devices_store import DeviceRecord, DeviceStore
 from cloudfs_server.errors import NotFoundError, TooLargeError
 

@@ -62,7 +62,7 @@ class Mount:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
             cloudfs_cmd("mount", str(self.path), "--server", self.server.url,
-                        "--token", self.user.token, "--cache-dir", str(self.cache_dir),
+                        f"--token={self.user.token}", "--cache-dir", str(self.cache_dir),
                         "--cache-size", self.cache_size, "--device-name", self.device,
                         "--foreground", *self.extra_args),
             stdout=log, stderr=subprocess.STDOUT,

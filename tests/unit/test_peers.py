@@ -7,7 +7,6 @@ import math
 import random
 import time
 from collections.abc import Callable, Hashable, Iterable
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -442,11 +441,3 @@ def test_big_holder_sets_stay_sorted_and_cheap() -> None:
     assert fs.holders(1) == list(range(1, 20_001))
     fs.check_invariants()
     check_time("40,000 joins/leaves on one 20,000-holder chunk", run, 0.5)
-
-
-def test_the_servers_copy_is_identical() -> None:
-    """The server may not import `cloudfs` (tests/test_layers.py), so it ships a copy."""
-    root = Path(__file__).resolve().parents[2]
-    original = (root / "src" / "cloudfs" / "peers.py").read_bytes()
-    copy = (root / "server" / "cloudfs_server" / "devices_peers.py").read_bytes()
-    assert copy == original, "copy src/cloudfs/peers.py to server/cloudfs_server/devices_peers.py"
