@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from cloudfs_server.app import META, ServerConfig, create_app
 
 from tests.server.helpers import bid
+from tests.support import server_cmd
 
 
 class AppUser:
@@ -105,7 +107,8 @@ class AppUser:
 def no_unexpected_server_errors(
     request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
 ) -> Iterator[None]:
-    """Fail a test whose server logged an error or a traceback (s3ql's rule)."""
+    """Fail a test whose server logged an error or a traceback (s3ql's rule), or whose real
+    server's stores do not pass `cloudfs-server fsck` afterwards."""
     srv = request.getfixturevalue("server") if "server" in request.fixturenames else None
     yield
     bad = [
@@ -117,6 +120,12 @@ def no_unexpected_server_errors(
     if srv is not None and srv.log_path.exists():
         log = srv.log_path.read_text()
         assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+    if srv is not None and srv.proc is not None:
+        # Whatever the test did, the stores it leaves behind are consistent.
+        check = subprocess.run(
+            server_cmd("fsck", "--data", str(srv.data_dir)), capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
 
 
 @pytest.fixture
