@@ -87,6 +87,8 @@ class KernelNotifier:
                     pyfuse3.invalidate_entry_async(args[0], args[1], ignore_enoent=True)
             except OSError as exc:  # ENOENT: the kernel no longer caches it
                 log.debug("invalidate %s %s: %s", kind, args, exc)
+            except Exception:  # a dead thread would silently stop live sync: log, keep going
+                log.exception("kernel invalidation %s %s failed", kind, args)
 
 
 class CloudfsOperations(pyfuse3.Operations):
