@@ -1,4 +1,8 @@
-"""Bearer tokens: 32 random bytes, URL-safe base64; only their SHA-256 is ever stored."""
+"""Bearer tokens: `cfs_` + 32 random bytes in URL-safe base64; only their SHA-256 is stored.
+
+The prefix makes a leaked token recognisable to secret scanners and keeps a token from starting
+with `-`, which command lines would take for an option (`cloudfs mount --token TOKEN`).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,11 @@ import secrets
 from cloudfs_server.errors import UnauthorizedError
 
 
+TOKEN_PREFIX = "cfs_"
+
+
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def token_digest(token: str) -> str:
