@@ -183,7 +183,7 @@ class LocalCache:
         first, last = start // SEGMENT_BYTES, (stop - 1) // SEGMENT_BYTES
         parts = []
         for seg in range(first, last + 1):
-            buf = txn.get(key + _SEG.pack(seg))
+            buf = txn.get(key + _SEG.pack(seg), db=self.blocks)
             if buf is None:
                 return None
             base = seg * SEGMENT_BYTES

@@ -652,7 +652,7 @@ class FileSystem:
     # ---- sealing: sequential writers upload finished chunks while they write ----------------
     @property
     def _seal_min_bytes(self) -> int:
-        return max(self.options.chunk_params.max_bytes * 3 // 2, 64 << 10)
+        return max(self.options.chunk_params.max_bytes * 3 // 2, 4096)
 
     @property
     def _stage_limit_bytes(self) -> int:
