@@ -30,6 +30,16 @@ class SyncOptions:
     backoff_max_s: float = 30.0  # longest pause between failed polls
     max_busy_delay_s: float = 60.0  # cap on a server-suggested `retry_after_s`
     settle_s: float = 0.5  # longest wait for own requests in flight before applying an echo
+    late_window_s: float = 3.0  # how long an applied change guards against late answers
+    sweep_every_s: float = 0.2  # how often that guard looks
+
+
+@dataclass
+class _Applied:
+    op: str
+    time_ns: int  # the change's server time; a cached node with an older ctime is outdated
+    gone: list[tuple[int, str]]  # names the node no longer has
+    expires_s: float
 
 
 class SyncTask:
@@ -60,11 +70,19 @@ class SyncTask:
         self.busy = 0  # answers that asked us to back off (server holds too many long-polls)
         self.last_lag_ms: float | None = None  # server commit -> applied here, last change
         self.caught_up = trio.Event()
+        self.late_fixed = 0  # stale answers stored after the change that outdated them
+        self._recent: dict[int, _Applied] = {}  # foreign changes applied in the last seconds
+        self._sweep_wakeup = trio.Event()
         self._delay = self.options.backoff_min_s
 
     # ---- the loop --------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._sweep_task)
+            task_status.started()
+            await self._feed()
+
+    async def _feed(self) -> None:
         while True:
             try:
                 await self._follow()
@@ -240,6 +258,50 @@ class SyncTask:
         time_ns = change.get("time_ns")
         if time_ns:
             self.last_lag_ms = max(0.0, (time.time_ns() - int(time_ns)) / 1e6)
+            self._remember(change, node_id, op, parent, name)
+
+    # ---- answers that arrive after the change that outdated them -------------------------------
+    def _remember(
+        self, change: dict[str, Any], node_id: int, op: str, parent: int | None, name: str | None
+    ) -> None:
+        """A lookup, getattr or listing the server answered just before this change but that is
+        stored just after it would put the old state back into LMDB (and the inode). Remember
+        the change for a few seconds so `_sweep` can drop such a late copy."""
+        applied = self._recent.get(node_id)
+        if applied is None:
+            applied = self._recent[node_id] = _Applied(op, 0, [], 0.0)
+        applied.op = op
+        applied.time_ns = max(applied.time_ns, int(change["time_ns"]))
+        applied.expires_s = trio.current_time() + self.options.late_window_s
+        if op == "delete" and parent is not None and name is not None:
+            applied.gone.append((parent, name))
+        elif op == "move" and change.get("old_parent") is not None and change.get("old_name"):
+            applied.gone.append((int(change["old_parent"]), change["old_name"]))
+        elif op in ("create", "restore"):
+            applied.gone.clear()
+        self._sweep_wakeup.set()
+
+    async def _sweep_task(self) -> None:
+        while True:
+            await self._sweep_wakeup.wait()
+            while self._recent:
+                await trio.sleep(self.options.sweep_every_s)
+                self._sweep()
+            self._sweep_wakeup = trio.Event()
+
+    def _sweep(self) -> None:
+        now = trio.current_time()
+        for node_id, applied in list(self._recent.items()):
+            cached = self.cache.get_node(node_id)
+            if cached is not None and int(cached.get("ctime_ns", 0)) < applied.time_ns:
+                self.late_fixed += 1
+                log.info("dropping a late, outdated copy of node %d (%s)", node_id, applied.op)
+                self.fs.sync_generation += 1
+                self.fs.invalidate(node_id, data=applied.op == "modify")
+                for parent, name in applied.gone:
+                    self._drop_entry(parent, name, node_id)
+            if now >= applied.expires_s:
+                del self._recent[node_id]
 
     def _add_entry(self, parent: int | None, name: str | None, node_id: int) -> None:
         """A name appeared: a listed directory records it (the node is fetched when used);
@@ -276,6 +338,7 @@ class SyncTask:
             "rescans": self.rescans,
             "errors": self.errors,
             "busy": self.busy,
+            "late_fixed": self.late_fixed,
             "last_lag_ms": self.last_lag_ms,
         }
 

@@ -205,6 +205,43 @@ async def test_foreign_changes_drop_exactly_what_changed(
         await other.aclose()
 
 
+async def test_answer_stored_after_the_change_that_outdated_it_is_dropped(
+    server: ServerProcess, alice: User, tmp_path: Path
+) -> None:
+    """A lookup the server answered just before another device deleted (or changed) the node,
+    but that the mount stores just after the feed applied the change, must not stay in LMDB.
+    The late answer is replayed here by learning the node object fetched before the change
+    (what the lookup handler does with the answer it awaited)."""
+    other = ApiClient(server.url, alice.token, "phone")
+    try:
+        root = int((await other.me())["root"])
+        doomed = await other.create(root, "doomed.txt", "file")
+        changed = await other.create(root, "changed.txt", "file")
+        async with device(server, alice, tmp_path / "e", "slowpoke") as e:
+            fs = e.fs
+            await e.settled(await latest_seq(other))
+            assert await listing(fs, ROOT_INODE) == ["changed.txt", "doomed.txt"]
+            before_delete = await fs.api.get_node(doomed.node_id)  # answered ...
+            before_chmod = await fs.api.get_node(changed.node_id)
+            await other.delete(doomed.node_id)  # ... then the other device acts ...
+            await other.patch(changed.node_id, mode=0o600)
+            await e.settled(await latest_seq(other))
+            fs._learn(before_delete)  # ... and the old answers are stored after the feed
+            fs._learn(before_chmod)
+            with trio.fail_after(2):
+                while fs.cache.get_node(doomed.node_id) is not None:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            assert fs.cache.get_entry(fs.table.root_id, "doomed.txt") is None
+            assert await listing(fs, ROOT_INODE) == ["changed.txt"]
+            with pytest.raises(errors.NodeNotFoundError):
+                await fs.lookup(ROOT_INODE, b"doomed.txt")
+            ino = (await fs.lookup(ROOT_INODE, b"changed.txt")).ino
+            assert (await fs.getattr(ino)).mode & 0o7777 == 0o600
+            assert e.task.late_fixed == 2
+    finally:
+        await other.aclose()
+
+
 async def test_cursor_persists_and_compaction_forces_rescan(
     server: ServerProcess, alice: User, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
