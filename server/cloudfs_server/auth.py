@@ -11,7 +11,6 @@ import secrets
 
 from cloudfs_server.errors import UnauthorizedError
 
-
 TOKEN_PREFIX = "cfs_"
 
 

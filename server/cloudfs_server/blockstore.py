@@ -33,8 +33,14 @@ class BlockStore(abc.ABC):
     async def close(self) -> None: ...
 
     @abc.abstractmethod
-    async def stage(self, block_id: str, body: AsyncIterator[bytes], max_bytes: int) -> StagedBlock:
+    async def stage(
+        self, block_id: str, body: AsyncIterator[bytes], max_bytes: int, known: bool = False
+    ) -> StagedBlock:
         """Receive `body`, hash it, keep it aside.
+
+        `known`: the block is already available to the uploader, so the engine may skip storing
+        the body again. Otherwise it must do the same work whether or not another user stored
+        the block, so response times do not reveal that someone else holds the content.
 
         Raises: HashMismatchError (nothing kept), TooLargeError (over `max_bytes`).
         """

@@ -94,11 +94,14 @@ class DirBlockStore(BlockStore):
             if finish:
                 os.fsync(fd)
 
-    async def stage(self, block_id: str, body: AsyncIterator[bytes], max_bytes: int) -> StagedBlock:
+    async def stage(
+        self, block_id: str, body: AsyncIterator[bytes], max_bytes: int, known: bool = False
+    ) -> StagedBlock:
         final = self.path_of(block_id)
-        # Already stored: only verify the body, keep it in memory in case gc removes the file
-        # before publish(). Otherwise stream it into a temp file while hashing.
-        in_memory = await self._run(final.exists)
+        # The uploader's own block, already stored: only verify the body, and keep it in memory
+        # in case gc removes the file before publish(). Otherwise stream it into a temp file
+        # while hashing, even if another user stored it (equal work: no timing side channel).
+        in_memory = known and await self._run(final.exists)
         staged = StagedBlock(block_id, 0)
         fd: int | None = None
         if not in_memory:

@@ -70,7 +70,8 @@ class MetadataStore(abc.ABC):
         """Upsert the block row (refreshing its upload time) and make it available to the user.
 
         Must be called while holding the shared gc lock, after the block file is durable.
-        Returns True if the block was new to the server.
+        Returns True if the block was not available to this user before. Whether another user
+        stored the same bytes is never revealed (that would confirm someone holds that content).
         """
 
     @abc.abstractmethod

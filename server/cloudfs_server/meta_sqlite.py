@@ -657,20 +657,16 @@ class SqliteMetadataStore(MetadataStore):
     # ---- blocks --------------------------------------------------------------------------
     async def record_upload(self, user_id: int, block_id: str, size: int) -> bool:
         def run(conn: sqlite3.Connection) -> bool:
-            new = (
-                conn.execute("SELECT 1 FROM blocks WHERE block_id = ?", (block_id,)).fetchone()
-                is None
-            )
             conn.execute(
                 "INSERT INTO blocks (block_id, size, refcount, uploaded_at_ns) VALUES (?, ?, 0, ?)"
                 " ON CONFLICT (block_id) DO UPDATE SET uploaded_at_ns = excluded.uploaded_at_ns",
                 (block_id, size, time.time_ns()),
             )
-            conn.execute(
+            cur = conn.execute(
                 "INSERT OR IGNORE INTO availability (user_id, block_id) VALUES (?, ?)",
                 (user_id, block_id),
             )
-            return new
+            return cur.rowcount == 1
 
         return await self._write(run, durable=False)
 

@@ -40,6 +40,7 @@ def _int_param(name: str, where: str, description: str, required: bool = True) -
     }
 
 
+OBJ: J = {"type": "object"}
 NODE_ID = _int_param("node_id", "path", "node id (another user's answers 404)")
 BLOCK_ID = {
     "name": "block_id",
@@ -258,8 +259,8 @@ def _paths() -> J:
                 "put_block",
                 "upload a block (body = raw bytes, <= 16 MiB)",
                 {
-                    "201": _resp("stored for the first time", {"type": "object"}),
-                    "200": _resp("already stored; bytes verified", {"type": "object"}),
+                    "201": _resp("new for this user (never tells if others stored it)", OBJ),
+                    "200": _resp("this user already had it; bytes verified", OBJ),
                     "400": _err("bad_block_id", "hash_mismatch"),
                     "413": _err("too_large"),
                 },

@@ -131,11 +131,13 @@ async def put_block(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         raise TooLargeError(f"block bodies are limited to {limit} bytes")
     blocks = request.app[BLOCKS]
-    staged = await blocks.stage(block_id, request.content.iter_any(), limit)
+    meta = request.app[META]
+    known = await meta.available_block_size(user.user_id, block_id) is not None
+    staged = await blocks.stage(block_id, request.content.iter_any(), limit, known)
     try:
         async with request.app[GC_LOCK].shared():
             await blocks.publish(staged)
-            new = await request.app[META].record_upload(user.user_id, block_id, staged.size)
+            new = await meta.record_upload(user.user_id, block_id, staged.size)
     finally:
         await blocks.discard(staged)
     return web.json_response(

@@ -31,7 +31,10 @@ async def test_block_of_another_user_is_unavailable_by_hash(ann: AppUser, ben: A
         {"name": "f", "type": "file", "size": len(secret), "blocks": [[block_id, len(secret)]]},
     )
     assert (status, body["error"], body["missing"]) == (409, "missing_blocks", [block_id])
-    # Uploading the same bytes makes it hers; storage is still one file (dedup).
+    # Uploading the same bytes makes it hers. The answer is the one for a block nobody had:
+    # it must not confirm that someone else holds this content. Storage is still one file.
+    status, body = await ann.call("PUT", f"/v1/blocks/{block_id}", data=secret)
+    assert status == 201 and body["stored"] is True
     status, body = await ann.call("PUT", f"/v1/blocks/{block_id}", data=secret)
     assert status == 200 and body["stored"] is False
     assert await ann.call("GET", f"/v1/blocks/{block_id}") == (200, secret)

@@ -79,8 +79,8 @@ async def test_publish_rewrites_a_block_removed_or_damaged_after_stage(
     data = b"block bytes"
     await put(store, data)
     path = await store.local_path(bid(data))
-    # The file exists, so stage() only hashes and keeps the bytes in memory ...
-    staged = await store.stage(bid(data), body(data), 100)
+    # The uploader's own block exists, so stage() only hashes and keeps the bytes in memory ...
+    staged = await store.stage(bid(data), body(data), 100, known=True)
     assert staged.temp_path is None and b"".join(staged.chunks) == data
     path.unlink()  # ... then gc removes it before publish()
     await store.publish(staged)
@@ -116,3 +116,16 @@ async def test_gc_lock_exclusive_waits_for_shared_holders(tmp_path: Path) -> Non
         assert not exclusive_entered.is_set()
     await asyncio.wait_for(task, 5)
     assert exclusive_entered.is_set()
+
+
+async def test_a_block_stored_for_someone_else_costs_the_same_work(
+    store: DirBlockStore, tmp_path: Path
+) -> None:
+    data = b"someone else's block"
+    await put(store, data)
+    staged = await store.stage(bid(data), body(data), 100, known=False)
+    try:
+        assert staged.temp_path is not None and staged.temp_path.read_bytes() == data
+    finally:
+        await store.discard(staged)
+    assert list((tmp_path / "tmp").iterdir()) == []
