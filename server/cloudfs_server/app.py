@@ -135,7 +135,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ServerError as exc:
         if exc.status == 500:
             log.error("%s %s: %s", request.method, request.path, exc.message)
-        return error_json(exc.status, exc.body())
+        resp = error_json(exc.status, exc.body())
+        resp.headers.update(exc.headers())
+        return resp
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -20,6 +20,7 @@ Tree (every class carries its protocol `code` and HTTP `status`; see docs/protoc
     │   └── MissingBlocksError       blocks not available (upload them, then retry)
     ├── CursorExpiredError     410   change log compacted past the cursor (rescan)
     ├── TooLargeError          413   body over the limit
+    ├── RangeNotSatisfiableError 416 a block Range outside the block, malformed, or multi-part
     ├── QuotaExceededError     507   a commit would exceed the user's quota
     └── StoreCorruptError      500   the stores disagree with themselves (fsck needed)
 """
@@ -42,6 +43,10 @@ class ServerError(Exception):
 
     def body(self) -> dict[str, Any]:
         return {"error": self.code, "message": self.message, **self.details}
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers the status calls for."""
+        return {}
 
 
 class UnauthorizedError(ServerError):
@@ -110,6 +115,13 @@ class CursorExpiredError(ServerError):
 
 class TooLargeError(ServerError):
     code, status = "too_large", 413
+
+
+class RangeNotSatisfiableError(ServerError):
+    code, status = "range_not_satisfiable", 416
+
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.details['size']}"}
 
 
 class QuotaExceededError(ServerError):

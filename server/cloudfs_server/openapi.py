@@ -288,6 +288,7 @@ def _paths() -> J:
                     "206": {"description": "the requested range"},
                     "400": _err("bad_block_id"),
                     "404": _err("not_found"),
+                    "416": _err("range_not_satisfiable"),
                 },
                 params=[
                     BLOCK_ID,

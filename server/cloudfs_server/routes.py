@@ -14,7 +14,12 @@ from aiohttp import hdrs, web
 
 from cloudfs_server import openapi
 from cloudfs_server.app import BLOCKS, CONFIG, GC_LOCK, META, NOTIFIER, current_user
-from cloudfs_server.errors import BadRequestError, NotFoundError, TooLargeError
+from cloudfs_server.errors import (
+    BadRequestError,
+    NotFoundError,
+    RangeNotSatisfiableError,
+    TooLargeError,
+)
 from cloudfs_server.model import (
     INT64_MAX,
     KINDS,
@@ -151,15 +156,25 @@ async def get_block(request: web.Request) -> web.StreamResponse:
     size = await request.app[META].available_block_size(user.user_id, block_id)
     if size is None:
         raise NotFoundError(f"block {block_id} not found")
+    # Validate Range here so that every refusal is our JSON 416 (FileResponse answers its own).
+    try:
+        rng = request.http_range
+    except ValueError:
+        raise RangeNotSatisfiableError(
+            "Range must be one 'bytes=a-b', 'bytes=a-' or 'bytes=-n' range", size=size
+        ) from None
+    if rng != slice(None):
+        start, stop, _ = rng.indices(size)
+        if stop <= start:
+            raise RangeNotSatisfiableError(
+                f"Range {request.headers.get(hdrs.RANGE)!r} is outside the {size}-byte block",
+                size=size,
+            )
     blocks = request.app[BLOCKS]
     path = await blocks.local_path(block_id)
     if path is not None:
         # sendfile(2), Range → 206, If-None-Match; block files never change.
         return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: OCTET})
-    try:
-        rng = request.http_range
-    except ValueError:
-        raise BadRequestError("malformed Range header") from None
     start, stop, _ = rng.indices(size) if rng != slice(None) else (0, size, 1)
     data = await blocks.read(block_id, start, max(0, stop - start))
     status = 206 if rng != slice(None) else 200

@@ -238,3 +238,30 @@ async def test_path_traversal_never_reaches_outside(
     assert outside.read_bytes() == b"must stay secret"
     after = tree()
     assert after - before <= {Path("meta.sqlite3-shm"), Path("meta.sqlite3-wal")}
+
+
+@pytest.mark.parametrize(
+    ("header", "status", "expected"),
+    [
+        ("bytes=1-3", 206, b"ell"),
+        ("bytes=3-", 206, b"lo"),
+        ("bytes=-2", 206, b"lo"),
+        ("bytes=2-99", 206, b"llo"),
+        ("bytes=5-9", 416, None),
+        ("bytes=abc", 416, None),
+        ("bytes=0-1,3-4", 416, None),
+        ("items=0-1", 416, None),
+    ],
+)
+async def test_block_ranges(
+    ann: AppUser, client: TestClient, header: str, status: int, expected: bytes | None
+) -> None:
+    block_id = await ann.put_block(b"hello")
+    async with client.get(f"/v1/blocks/{block_id}", headers=ann.headers({"Range": header})) as resp:
+        assert resp.status == status
+        if expected is not None:
+            assert await resp.read() == expected
+        else:
+            body = await resp.json()
+            assert body["error"] == "range_not_satisfiable" and body["size"] == 5
+            assert resp.headers["Content-Range"] == "bytes */5"
