@@ -71,7 +71,7 @@ def test_background_mount_status_unmount(
     server: ServerProcess, alice: User, mnt: Path, tmp_path: Path, home: dict[str, str]
 ) -> None:
     cache = tmp_path / "cache"
-    r = run("mount", str(mnt), "--server", server.url, "--token", alice.token,
+    r = run("mount", str(mnt), "--server", server.url, f"--token={alice.token}",
             "--cache-dir", str(cache), "--cache-size", "512M", "--device-name", "cli-box",
             env=home)  # fmt: skip
     assert r.returncode == 0, f"cloudfs mount failed: {r.stdout}{r.stderr}"
@@ -99,7 +99,7 @@ def test_token_from_environment_and_login(
     assert r.returncode == 0, f"mount with CLOUDFS_TOKEN failed: {r.stdout}{r.stderr}"
     write_file(mnt / "env.txt", b"env")
     assert run("unmount", str(mnt), env=env).returncode == 0
-    lg = run("login", server.url, "--token", alice.token, env=home)
+    lg = run("login", server.url, f"--token={alice.token}", env=home)
     assert lg.returncode == 0, f"cloudfs login failed: {lg.stdout}{lg.stderr}"
     r = run("mount", str(mnt), "--server", server.url, "--cache-dir", str(tmp_path / "c2"),
             env=home)  # fmt: skip
@@ -115,7 +115,7 @@ def test_mistakes_print_one_line(
         return run("mount", str(point), "--server", url, "--cache-dir", str(tmp_path / "c"),
                    *args, env=home, timeout_s=90)  # fmt: skip
 
-    line = one_line_error(mount("--token", alice.token, point=tmp_path / "nope"),
+    line = one_line_error(mount(f"--token={alice.token}", point=tmp_path / "nope"),
                           "missing mountpoint")  # fmt: skip
     assert "nope" in line, f"the message should name the mountpoint: {line!r}"
     one_line_error(mount("--token", "not-a-valid-token"), "bad token")
@@ -123,12 +123,12 @@ def test_mistakes_print_one_line(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead_url = f"http://127.0.0.1:{s.getsockname()[1]}"  # bound, never listening
-        one_line_error(mount("--token", alice.token, url=dead_url), "server unreachable")
+        one_line_error(mount(f"--token={alice.token}", url=dead_url), "server unreachable")
     assert not os.path.ismount(mnt)
-    one_line_error(mount("--token", alice.token, "--cache-size", "12Q"), "bad --cache-size")
+    one_line_error(mount(f"--token={alice.token}", "--cache-size", "12Q"), "bad --cache-size")
     # busy: already mounted there
-    ok = mount("--token", alice.token)
+    ok = mount(f"--token={alice.token}")
     assert ok.returncode == 0, f"mount failed: {ok.stdout}{ok.stderr}"
-    one_line_error(mount("--token", alice.token), "mountpoint busy")
+    one_line_error(mount(f"--token={alice.token}"), "mountpoint busy")
     assert os.path.ismount(mnt), "a refused second mount must leave the first one working"
     one_line_error(run("unmount", str(tmp_path / "not-mounted"), env=home), "unmount nothing")

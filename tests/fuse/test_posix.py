@@ -6,6 +6,7 @@ remount take the function-scoped `mount` fixture from conftest.py.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import time
@@ -436,3 +437,31 @@ def test_content_and_attrs_survive_remount(mount: Any) -> None:
     assert st.st_mtime_ns == 1_700_000_000_000_000_001
     assert os.readlink(root / "link") == "f.bin"
     assert read_file(root / "f.bin") == data
+
+
+def test_statfs_and_enospc_with_quota(mount_factory: Any, server: ServerProcess) -> None:
+    quota = 20 * MiB
+    carol = server.add_user("carol", "--quota", str(quota))
+    m = mount_factory(carol, device="quota-box")
+    root = Path(m.path)
+    sv = os.statvfs(root)
+    assert sv.f_blocks * sv.f_frsize == quota, f"statfs size should be the quota {quota}: {sv}"
+    assert sv.f_bavail * sv.f_frsize == quota, f"nothing used yet: {sv}"
+    keep = det_bytes("quota-keep", 8 * MiB)
+    write_file(root / "keep.bin", keep)
+    wait_for(
+        lambda: (quota - os.statvfs(root).f_bavail * sv.f_frsize) >= 8 * MiB,
+        10,
+        "statfs free space to drop by 8 MiB",
+    )
+    # 16 MiB more would exceed the quota: the error must reach the program (write or close)
+    with pytest.raises(OSError) as info, open(root / "too-big.bin", "wb") as f:
+        f.write(det_bytes("quota-big", 16 * MiB))
+    assert info.value.errno in (errno.ENOSPC, errno.EDQUOT), (
+        f"over quota: expected ENOSPC (or EDQUOT), got {errno.errorcode.get(info.value.errno)}"
+    )
+    view = ServerView(server, carol)
+    usage = view.get("/v1/usage")
+    assert usage["logical_bytes"] <= quota, f"server went over quota: {usage}"
+    assert view.content("keep.bin") == keep, "a refused commit must not touch other files"
+    assert read_file(root / "keep.bin") == keep
