@@ -287,3 +287,30 @@ async def test_group_commit_isolates_failing_writes(ann: AppUser, client: TestCl
     assert [c["seq"] for c in changes["changes"]] == list(range(1, 26))
     assert store.writes_committed - writes_before == 50
     assert store.groups_committed - groups_before < 50  # some writes shared a transaction
+
+
+async def test_large_block_lists_round_trip(ann: AppUser) -> None:
+    a, b = await ann.put_block(b"a"), await ann.put_block(b"b")
+    blocks = [[a if i % 3 else b, 1] for i in range(30_000)]  # blocks may repeat
+    status, node = await ann.call(
+        "POST",
+        f"/v1/nodes/{ann.root}/children",
+        {"name": "big", "type": "file", "size": len(blocks), "blocks": blocks},
+    )
+    assert status == 201, node
+    status, got = await ann.call("GET", f"/v1/nodes/{node['id']}?blocks=1")
+    assert status == 200 and got["blocks"] == blocks
+    status, got = await ann.call(
+        "PUT",
+        f"/v1/nodes/{node['id']}/content",
+        {"base_version": 1, "size": len(blocks) - 1, "blocks": blocks[1:]},
+    )
+    assert status == 200 and got["version"] == 2
+    status, v1 = await ann.call("GET", f"/v1/nodes/{node['id']}/versions/1")
+    assert status == 200 and v1["blocks"] == blocks
+    status, body = await ann.call(
+        "PUT",
+        f"/v1/nodes/{node['id']}/content",
+        {"base_version": 2, "size": 5, "blocks": [*blocks[:4], ["A" * 64, 1]] * 1000},
+    )
+    assert (status, body["error"]) == (400, "bad_block_id")
