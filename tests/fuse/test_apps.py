@@ -351,7 +351,7 @@ def test_mmap_extend_new_file(mount: Any) -> None:
 def test_rsync_archive(mount: Any, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    _make_tree(src, 300, seed=11)
+    _make_tree(src, 150, seed=11)
     dst = Path(mount.path) / "backup"
 
     def rsync(*extra: str) -> list[str]:
