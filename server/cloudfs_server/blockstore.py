@@ -73,6 +73,11 @@ class BlockStore(abc.ABC):
         """None if the block is present, `size` bytes long and rehashes to its id; else why not."""
 
     @abc.abstractmethod
+    async def quarantine(self, block_id: str) -> str:
+        """Move a corrupt block out of the way (kept for inspection, no longer served), so the
+        next upload stores it anew. Returns where it went. Hold the exclusive gc lock."""
+
+    @abc.abstractmethod
     async def list_ids(self) -> list[str]:
         """Every stored block id (for fsck and gc of orphans)."""
 

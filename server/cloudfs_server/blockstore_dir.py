@@ -49,6 +49,7 @@ class DirBlockStore(BlockStore):
     def __init__(self, data_dir: Path) -> None:
         self.blocks_dir = Path(data_dir) / "blocks"
         self.tmp_dir = Path(data_dir) / "tmp"
+        self.corrupt_dir = Path(data_dir) / "corrupt"
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -229,6 +230,17 @@ class DirBlockStore(BlockStore):
 
     async def verify(self, block_id: str, size: int) -> str | None:
         return await self._run(self._verify, block_id, size)
+
+    async def quarantine(self, block_id: str) -> str:
+        path = self.path_of(block_id)
+        aside = self.corrupt_dir / block_id
+
+        def run() -> None:
+            self.corrupt_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(path, aside)
+
+        await self._run(run)
+        return str(aside)
 
     async def list_ids(self) -> list[str]:
         def run() -> list[str]:

@@ -131,7 +131,7 @@ async def _set_quota(args: argparse.Namespace, meta: MetadataStore, *_: object) 
 async def _fsck(
     args: argparse.Namespace, meta: MetadataStore, blocks: BlockStore, lock: GcLock
 ) -> int:
-    report = await fsck.check(meta, blocks, lock, args.repair, Path(args.data))
+    report = await fsck.check(meta, blocks, lock, args.repair)
     for line in report.repaired:
         print(f"repaired: {line}")
     for line in report.notes:

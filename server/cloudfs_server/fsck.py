@@ -1,18 +1,16 @@
 """fsck: every block present and rehashing to its id, metadata consistent, refcounts right.
 
-With `repair`: refcounts and counters are recomputed; a corrupt block file is moved aside to
-`DATA/corrupt/` and lost blocks lose their availability rows, so the next upload by a client
-that still has the data heals them; orphan block files are left for gc.
+With `repair`: refcounts and counters are recomputed; a corrupt block is quarantined (the
+directory engine moves it to `DATA/corrupt/`), and lost blocks lose their availability rows, so
+the next upload by a client that still has the data heals them; orphan block files are left
+for gc.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 
 from cloudfs_server.blockstore import BlockStore
-from cloudfs_server.blockstore_dir import DirBlockStore
 from cloudfs_server.gclock import GcLock
 from cloudfs_server.meta import MetadataStore
 from cloudfs_server.model import FsckReport
@@ -20,19 +18,15 @@ from cloudfs_server.model import FsckReport
 VERIFY_PARALLEL = 4
 
 
-async def check(
-    meta: MetadataStore, blocks: BlockStore, lock: GcLock, repair: bool, data_dir: Path
-) -> FsckReport:
+async def check(meta: MetadataStore, blocks: BlockStore, lock: GcLock, repair: bool) -> FsckReport:
     """Run every check; with `repair`, hold the exclusive gc lock so nothing races the fixes."""
     if repair:
         async with lock.exclusive():
-            return await _check(meta, blocks, repair, data_dir)
-    return await _check(meta, blocks, repair, data_dir)
+            return await _check(meta, blocks, repair)
+    return await _check(meta, blocks, repair)
 
 
-async def _check(
-    meta: MetadataStore, blocks: BlockStore, repair: bool, data_dir: Path
-) -> FsckReport:
+async def _check(meta: MetadataStore, blocks: BlockStore, repair: bool) -> FsckReport:
     rows = await meta.all_blocks()
     sem = asyncio.Semaphore(VERIFY_PARALLEL)
 
@@ -50,11 +44,9 @@ async def _check(
         lost.add(block_id)
         if refcount > 0 or not repair:
             lost_errors.append(f"block {block_id}: {reason} (referenced {refcount} times)")
-        if repair and reason.startswith("corrupt") and isinstance(blocks, DirBlockStore):
-            aside = data_dir / "corrupt" / block_id
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(blocks.path_of(block_id), aside)
-            moved.append(f"moved corrupt block file {block_id} to {aside}")
+        if repair and reason.startswith("corrupt"):
+            aside = await blocks.quarantine(block_id)
+            moved.append(f"moved corrupt block {block_id} to {aside}")
     report = await meta.check(repair, lost)
     report.errors[:0] = lost_errors
     report.repaired.extend(moved)
