@@ -239,17 +239,25 @@ def header(runs: int, extra: str = "") -> str:
 
 DOC_INTRO = """# cloudfs benchmarks
 
-Written by `scripts/bench` (see `scripts/bench --help`); every section below is rewritten by the
-suite that owns it, with the exact command, date and machine. Each cloudfs number is measured next
-to a baseline in the same run (an in-memory aiohttp handler for the server; tmpfs and
-`rclone mount --vfs-cache-mode full` for the mount), because this machine is noisy (±30 % between
-runs): compare ratios, not absolute numbers across sections.
-↑ = higher is better, ↓ = lower is better.
-A measurement that failed says FAILED with the error; nothing is left out silently.
+Written by `scripts/bench` (`scripts/bench --help`). Each section below is rewritten by the suite
+that owns it and states the exact command, date, commit (and any uncommitted code it ran), machine
+and load. Every cloudfs number is measured next to a baseline in the same run, interleaved:
 
-Run it yourself: `scripts/test` once (it creates `.venv`), then `scripts/bench` (all suites, about
-15 minutes) or `scripts/bench server --quick` (smoke run). Needs root for tmpfs mounts and
-`drop_caches`, `/dev/fuse`, `fusermount3` and `rclone`.
+| suite | command | cloudfs side | baselines |
+|---|---|---|---|
+| server (#2) | `scripts/bench server` | `cloudfs-server` | in-memory aiohttp app, same URLs |
+| mount (#3) | `scripts/bench mount` | `cloudfs mount` | tmpfs, `rclone mount` (full cache) |
+| sync (#4) | `scripts/bench sync` | writer + 1/5/20 mounts | HTTP long-poll floor, rclone mounts |
+
+This machine is small and shared (2 cores; other work runs at the same time, see the load in each
+header; ±30 % between runs is normal): compare the ratio columns, not absolute numbers across
+sections. ↑ = higher is better, ↓ = lower is better. A measurement that failed says **FAILED**
+with the error; nothing is left out silently. `--quick` runs write separate "quick smoke run"
+sections and never overwrite the full ones.
+
+Run it: `scripts/test` once (it creates `.venv`), then `scripts/bench` (all suites, ~15-20 min) or
+`scripts/bench mount --quick` (~2 min). The mount and sync suites need root (tmpfs mounts,
+`drop_caches`), `/dev/fuse`, `fusermount3` and `rclone`.
 """
 
 SECTION_ORDER = ["server", "mount", "sync", "server-quick", "mount-quick", "sync-quick"]
@@ -258,6 +266,8 @@ SECTION_ORDER = ["server", "mount", "sync", "server-quick", "mount-quick", "sync
 def write_section(name: str, body: str) -> None:
     """Replace (or add) the section `name` of docs/benchmarks.md, keeping every other section."""
     text = DOC.read_text() if DOC.exists() else DOC_INTRO
+    first = text.find("<!-- BEGIN bench:")
+    text = DOC_INTRO + "\n" + (text[first:] if first >= 0 else "")  # the intro is ours too
     begin, end = f"<!-- BEGIN bench:{name} -->", f"<!-- END bench:{name} -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     if begin in text and end in text:

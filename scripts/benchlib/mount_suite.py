@@ -41,6 +41,7 @@ class Sizes:
         self.mid = 64 * MiB if quick else 256 * MiB
         self.small_dirs, self.small_per_dir = (20, 50) if quick else (100, 100)
         self.tree_files = 500 if quick else 2000
+        self.untar_cap_s = 60 if quick else 90
         self.random_warm = 2000 if quick else 20_000
         self.random_cold = 100 if quick else 300
         self.small_cap_s = 60 if quick else 180
@@ -284,6 +285,9 @@ def one_run(fs: Fs, run: int, src: Sources, sizes: Sizes, rows: Rows) -> None:
     contents = [gen.block(4096, i)[: 512 + (i * 997) % 7680] for i in range(sizes.n_small)]
     created = [0]
 
+    n_small = f"{sizes.n_small:,}"
+    small_label = f"create+write+close {n_small} small files (0.5-8 KiB, 100 per dir)"
+
     def small_files() -> float:
         start = time.perf_counter()
         deadline = start + sizes.small_cap_s
@@ -296,16 +300,16 @@ def one_run(fs: Fs, run: int, src: Sources, sizes: Sizes, rows: Rows) -> None:
                     fh.write(contents[i])
                 i += 1
             created[0] = i
-            if time.perf_counter() > deadline:
-                raise TimeoutError(
-                    f"stopped after {i} files at the {sizes.small_cap_s} s cap "
-                    f"({i / (time.perf_counter() - start):.0f} files/s)"
+            if time.perf_counter() > deadline and i < sizes.n_small:
+                # a rate over thousands of files is still a measurement; the cell says so
+                rows.get(small_label, "files/s").notes[fs.name] = (
+                    f"(time cap: {i:,} of {sizes.n_small:,} files in {sizes.small_cap_s} s)"
                 )
+                break
         return i / (time.perf_counter() - start)
 
-    n_small = f"{sizes.n_small:,}"
     t0 = time.perf_counter()
-    m(f"create+write+close {n_small} small files (0.5-8 KiB, 100 per dir)", "files/s", small_files)
+    m(small_label, "files/s", small_files)
 
     def small_stored() -> float:
         fs.wait_all_stored()
@@ -316,11 +320,11 @@ def one_run(fs: Fs, run: int, src: Sources, sizes: Sizes, rows: Rows) -> None:
         )
         return created[0] / (time.perf_counter() - t0)
 
-    if created[0] == sizes.n_small:
+    if created[0]:
         m(f"create+write+close {n_small} small files, until all stored", "files/s", small_stored)
 
     # 5. ls -lR, cold (remounted, page cache dropped) and warm
-    entries = created[0] + sizes.small_dirs
+    entries = created[0] + -(-created[0] // sizes.small_per_dir)  # files + their directories
 
     def ls_lr(remount: bool) -> float:
         if remount:
@@ -335,35 +339,54 @@ def one_run(fs: Fs, run: int, src: Sources, sizes: Sizes, rows: Rows) -> None:
             raise OSError(f"ls -lR listed {listed} entries, expected {entries}")
         return entries / elapsed
 
+    ls_labels = (
+        f"ls -lR of the {n_small}-file tree, cold (after remount)",
+        f"ls -lR of the {n_small}-file tree, warm",
+    )
+    if 0 < created[0] < sizes.n_small:
+        for label in ls_labels:
+            rows.get(label, "entries/s").notes[fs.name] = f"(tree of {created[0]:,} files only)"
     if created[0]:
         m(
-            f"ls -lR of the {n_small}-file tree, cold (after remount)",
+            ls_labels[0],
             "entries/s",
             lambda: ls_lr(True),
         )
-        m(f"ls -lR of the {n_small}-file tree, warm", "entries/s", lambda: ls_lr(False))
+        m(ls_labels[1], "entries/s", lambda: ls_lr(False))
 
     # 6. untar a source tree
+    untar_label = f"untar a source tree ({src.tree_files:,} files, {src.tree_bytes / MiB:.0f} MiB)"
+
     def untar() -> float:
         dest = base / "untar"
         dest.mkdir()
         start = time.perf_counter()
-        out = subprocess.run(
+        proc = subprocess.Popen(
             ["tar", "-xf", str(src.dir / "tree.tar"), "-C", str(dest)],
-            capture_output=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=900,
         )
+        try:
+            _, err = proc.communicate(timeout=sizes.untar_cap_s)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # our own child, by PID
+            _, err = proc.communicate()
         elapsed = time.perf_counter() - start
-        if out.returncode != 0:
-            raise OSError(f"tar exited {out.returncode}: {out.stderr[:200]}")
-        found = sum(len(fs_files) for _, _, fs_files in os.walk(dest))
+        found = sum(len(files) for _, _, files in os.walk(dest))
+        if proc.returncode != 0 and found < src.tree_files:
+            if elapsed < sizes.untar_cap_s:
+                raise OSError(f"tar exited {proc.returncode}: {err[:200]}")
+            rows.get(untar_label, "files/s").notes[fs.name] = (
+                f"(time cap: {found:,} of {src.tree_files:,} files in {sizes.untar_cap_s} s)"
+            )
+            return found / elapsed
         if found != src.tree_files:
             raise OSError(f"untar left {found} files, expected {src.tree_files}")
         return src.tree_files / elapsed
 
     m(
-        f"untar a source tree ({src.tree_files:,} files, {src.tree_bytes / MiB:.0f} MiB)",
+        untar_label,
         "files/s",
         untar,
     )
@@ -408,6 +431,9 @@ def once_per_suite(fs: Fs, src: Sources, sizes: Sizes, rows: Rows) -> None:
     if peak:
         rows.get(f"peak RSS of the client while copying a {hl} file", "MiB", False).add(
             name, 0, peak[0]
+        )
+        rows.get(f"peak anonymous RSS of the client while copying a {hl} file", "MiB", False).add(
+            name, 0, peak[1]
         )
     try:
         (base / "huge.bin").unlink()
@@ -564,6 +590,7 @@ def write_doc(
             warm=sizes.random_warm,
             cold=sizes.random_cold,
             cap=sizes.small_cap_s,
+            untar_cap=sizes.untar_cap_s,
         ),
     ]
     write_section(name, "\n".join(parts))
@@ -580,10 +607,12 @@ NOTES = """Notes:
   by a BLAKE3 check of the whole content against what was written.
 - Random reads: {warm} warm and {cold} cold `pread`s of 4 KiB at random aligned offsets of the {big}
   file.
-- Small files: content unique per file; stopped (and reported FAILED) at {cap} s. `ls -lR` counts
-  the listed entries and fails if any is missing; "cold" = after a remount with the data cache kept.
+- Small files: content unique per file. Time cap {cap} s: a slower filesystem is stopped there
+  and its rate over the files written so far is shown with a "time cap" remark (the `ls -lR`
+  rows then list that smaller tree). `ls -lR` counts the listed entries and fails if any is
+  missing; "cold" = after a remount with the data cache kept and the page cache dropped.
 - Untar: `tar -xf` of a tar of packages from the project's .venv site-packages (real source files),
-  timed until tar exits; the extracted file count is checked.
+  timed until tar exits; the extracted file count is checked. Time cap {untar_cap} s, as above.
 - Peak RSS (cloudfs and rclone only): RSS of the mount process and its children sampled every
   50 ms during `cp` of a {huge} file from tmpfs; "anonymous" excludes file-backed resident pages
   (RSS minus psutil's `shared`, e.g. an mmapped LMDB cache), i.e. the memory the client holds.

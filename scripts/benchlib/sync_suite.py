@@ -423,7 +423,7 @@ def run(runs: int, quick: bool) -> bool:
             "cloudfs mounts",
         )
     )
-    parts += ["", NOTES.format(timeout=timeout_s, window=window_s)]
+    parts += ["", NOTES.format(timeout=timeout_s, window=window_s, resolution=1.0 / window_s)]
     write_section(section, "\n".join(parts))
     return not error
 
@@ -441,6 +441,7 @@ NOTES = """Notes:
   directory cache expires (`--dir-cache-time`, 5 min by default).
 - Server CPU: user+system CPU of the server process over a {window:.0f} s idle window, in % of one
   core; "per idle subscriber" = (CPU with the mounts - CPU with none) / mounts (the writer is a
-  subscriber too).
+  subscriber too). The kernel counts CPU in 10 ms ticks, so 0 means under
+  {resolution:.2f} % of a core over the window.
 - The logs of the last run (server, mounts, rclone) stay in
   `/var/tmp/cloudfs-bench-logs/sync/` on the machine that ran it."""
