@@ -37,14 +37,14 @@ from benchlib.filesystems import CloudfsFs, Fs, RcloneFs, TmpfsFs, start_all, tr
 class Sizes:
     def __init__(self, quick: bool) -> None:
         self.big = 128 * MiB if quick else 1 * GiB
-        self.huge = 512 * MiB if quick else 4 * GiB
-        self.mid = 64 * MiB if quick else 256 * MiB
-        self.small_dirs, self.small_per_dir = (20, 50) if quick else (100, 100)
-        self.tree_files = 500 if quick else 2000
-        self.untar_cap_s = 60 if quick else 90
+        self.huge = 256 * MiB if quick else 4 * GiB
+        self.mid = 32 * MiB if quick else 256 * MiB
+        self.small_dirs, self.small_per_dir = (10, 50) if quick else (100, 100)
+        self.tree_files = 300 if quick else 2000
+        self.untar_cap_s = 30 if quick else 90
         self.random_warm = 2000 if quick else 20_000
-        self.random_cold = 100 if quick else 300
-        self.small_cap_s = 60 if quick else 180
+        self.random_cold = 50 if quick else 300
+        self.small_cap_s = 30 if quick else 120
 
     @property
     def n_small(self) -> int:

@@ -369,7 +369,7 @@ def run(runs: int, quick: bool) -> bool:
             rc.remote = shared
             rclones.append(rc)
             rc.start()
-        n_rc = 3
+        n_rc = 2 if quick else 3
         (rclones[0].path / "lat.txt").write_bytes(b"start")
         rclones[0].wait_all_stored()
         poll_until(rclones[1].path / "lat.txt", b"start", time.monotonic() + 15, 0.05)
