@@ -15,11 +15,9 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
-
 from cloudfs_server import fsck, gc
-from cloudfs_server.app import DAY_NS, ServerConfig, create_app, open_stores
 from cloudfs_server.blockstore import BlockStore
+from cloudfs_server.config import DAY_NS, ServerConfig, open_stores
 from cloudfs_server.errors import BadRequestError, ServerError
 from cloudfs_server.gclock import GcLock
 from cloudfs_server.meta import MetadataStore
@@ -70,6 +68,10 @@ def _lock_serving(data: Path) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web  # only `serve` needs the web stack (keeps other commands quick)
+
+    from cloudfs_server.app import create_app
+
     config = ServerConfig(
         data_dir=Path(args.data),
         retention_days=args.retention_days,

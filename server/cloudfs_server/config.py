@@ -1,0 +1,40 @@
+"""Server configuration and the choice of storage engines; importable without aiohttp.
+
+The CLI's maintenance commands (add-user, fsck, gc, ...) import only this, not the web stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudfs_server.blockstore import BlockStore
+from cloudfs_server.blockstore_dir import DirBlockStore
+from cloudfs_server.gclock import GcLock
+from cloudfs_server.meta import MetadataStore
+from cloudfs_server.meta_sqlite import SqliteMetadataStore
+
+MiB = 1 << 20
+DAY_NS = 86_400 * 10**9
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    data_dir: Path
+    retention_days: float = 30.0
+    purge_interval_s: float = 3600.0
+    block_max_bytes: int = 16 * MiB
+    json_max_bytes: int = 32 * MiB
+    metadata_threads: int = 4
+    synchronous: str = "FULL"
+    max_long_polls: int = 10_000  # held /v1/changes requests; beyond: "retry_after_s" (busy)
+    busy_retry_s: float = 10.0  # the back-off suggested to idle subscribers when busy
+
+
+def open_stores(config: ServerConfig) -> tuple[MetadataStore, BlockStore, GcLock]:
+    """The engines for a data dir (not yet opened). The one place engines are chosen."""
+    data = Path(config.data_dir)
+    meta = SqliteMetadataStore(
+        data / "meta.sqlite3", threads=config.metadata_threads, synchronous=config.synchronous
+    )
+    return meta, DirBlockStore(data), GcLock(data / "gc.lock")
