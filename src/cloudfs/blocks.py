@@ -34,6 +34,7 @@ class BlockStore:
         self.api = api
         self.nursery = nursery
         self._flights: SingleFlight[bytes] = SingleFlight()
+        self._upload_flights: SingleFlight[int] = SingleFlight()
         self._download_limiter = trio.CapacityLimiter(download_limit)
         self._upload_limiter = trio.CapacityLimiter(upload_limit)
         self._prefetching: set[str] = set()
@@ -43,7 +44,9 @@ class BlockStore:
         self.uploads_pending = 0
         self.upload_bytes_pending = 0
 
-    async def read(self, block_id: str, start: int = 0, end: int | None = None) -> bytes:
+    async def read(
+        self, block_id: str, start: int = 0, end: int | None = None
+    ) -> bytes | bytearray | memoryview:
         """Bytes `[start:end)` of a block, from the cache or downloaded (verified, cached).
 
         Raises:
@@ -55,7 +58,9 @@ class BlockStore:
         if data is not None:
             return data
         block = await self.fetch(block_id)
-        return block[start:end] if (start or end is not None) else block
+        if start or (end is not None and end < len(block)):
+            return memoryview(block)[start:end]  # no copy: pyfuse3 takes any buffer
+        return block
 
     async def fetch(self, block_id: str) -> bytes:
         """The whole block, downloaded once however many callers ask at the same time."""
@@ -74,6 +79,23 @@ class BlockStore:
         self.downloads += 1
         self.cache.put_clean(block_id, data)
         return data
+
+    async def _put_one(self, block_id: str) -> int:
+        async with self._upload_limiter:
+            data = self.cache.get_block(block_id)
+            if data is None:
+                raise errors.CorruptBlockError(
+                    f"block {block_id} to upload is missing from the local cache"
+                )
+            self.upload_bytes_pending += len(data)
+            try:
+                await self.api.put_block(block_id, data)
+            finally:
+                self.upload_bytes_pending -= len(data)
+        self.cache.mark_clean([block_id])
+        self.uploads += 1
+        self.uploaded_bytes += len(data)
+        return len(data)
 
     def prefetch(self, block_ids: list[str]) -> None:
         """Start background downloads of blocks not cached yet (read-ahead). Never raises."""
@@ -115,22 +137,11 @@ class BlockStore:
 
         async def one(block_id: str) -> None:
             nonlocal sent
-            async with self._upload_limiter:
-                data = self.cache.get_block(block_id)
-                if data is None:
-                    raise errors.CorruptBlockError(
-                        f"block {block_id} to upload is missing from the local cache"
-                    )
-                self.upload_bytes_pending += len(data)
-                try:
-                    await self.api.put_block(block_id, data)
-                finally:
-                    self.upload_bytes_pending -= len(data)
-                    self.uploads_pending -= 1
-            self.cache.mark_clean([block_id])
-            self.uploads += 1
-            self.uploaded_bytes += len(data)
-            sent += len(data)
+            try:
+                # single-flight: a commit joins an upload the writer's sealing already started
+                sent += await self._upload_flights.run(block_id, lambda: self._put_one(block_id))
+            finally:
+                self.uploads_pending -= 1
 
         try:
             async with trio.open_nursery() as nursery:

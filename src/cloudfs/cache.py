@@ -177,20 +177,28 @@ class LocalCache:
 
     def _read_segments(
         self, txn: lmdb.Transaction, key: bytes, start: int, stop: int
-    ) -> bytes | None:
+    ) -> bytes | bytearray | None:
+        """Bytes `[start, stop)` of a stored block, copied once out of LMDB's pages."""
         if stop <= start:
             return b""
         first, last = start // SEGMENT_BYTES, (stop - 1) // SEGMENT_BYTES
-        parts = []
+        if first == last:
+            buf = txn.get(key + _SEG.pack(first), db=self.blocks)
+            if buf is None:
+                return None
+            base = first * SEGMENT_BYTES
+            return bytes(buf[start - base : stop - base])
+        out = bytearray(stop - start)
+        pos = 0
         for seg in range(first, last + 1):
             buf = txn.get(key + _SEG.pack(seg), db=self.blocks)
             if buf is None:
                 return None
             base = seg * SEGMENT_BYTES
-            lo = max(start - base, 0)
-            hi = min(stop - base, len(buf))
-            parts.append(bytes(buf[lo:hi]) if (lo or hi != len(buf)) else bytes(buf))
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+            piece = buf[max(start - base, 0) : min(stop - base, len(buf))]
+            out[pos : pos + len(piece)] = piece
+            pos += len(piece)
+        return out if pos == len(out) else None
 
     def _put_segments(self, txn: lmdb.Transaction, key: bytes, data: bytes | memoryview) -> None:
         view = memoryview(data)

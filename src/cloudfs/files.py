@@ -24,6 +24,8 @@ from cloudfs.blocks import BlockStore
 from cloudfs.chunking import Chunker, ChunkParams
 
 WINDOW_BYTES = 16 << 20
+READAHEAD_MIN_BYTES = 1 << 20
+READAHEAD_MAX_BYTES = 32 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -174,6 +176,7 @@ class FileState:
         self.queued = False  # a commit of this content waits in the durable queue
         self.unlinked = False
         self.last_read_end = -1
+        self.readahead_bytes = READAHEAD_MIN_BYTES
         self.sealing = False  # a seal task is cutting the sequential dirty tail
         self.seal_progress = trio.Event()  # set (and replaced) after each sealed window
         self._staging_path = staging_dir / f"{node_id}-{os.getpid()}-{id(self):x}"
@@ -260,7 +263,9 @@ class FileState:
             data += bytes(end - start - len(data))
         return data
 
-    async def read(self, offset: int, length: int, blocks: BlockStore) -> bytes:
+    async def read(
+        self, offset: int, length: int, blocks: BlockStore
+    ) -> bytes | bytearray | memoryview:
         """Bytes `[offset, offset+length)` clipped to the size: dirty from staging, the rest
         from the base blocks (downloaded as needed, concurrently)."""
         end = min(self.size, offset + length)
@@ -273,7 +278,7 @@ class FileState:
                 data = await blocks.read(block_id, s, e)
                 self._read_ahead(end, blocks)
                 return data
-        pieces: dict[int, bytes] = {}
+        pieces: dict[int, bytes | bytearray | memoryview] = {}
         clean: list[tuple[int, int]] = []
         pos = offset
         for s, e in self.dirty.overlapping(offset, end):
@@ -292,18 +297,23 @@ class FileState:
                 for i, block_id, s, e in self.base.spans(cs, ce):
                     nursery.start_soon(fetch, self.base.offsets[i] + s, block_id, s, e)
         self._read_ahead(end, blocks)
-        return b"".join(pieces[k] for k in sorted(pieces))
+        return b"".join(pieces[k] for k in sorted(pieces))  # type: ignore[misc]
 
     def _read_ahead(self, end: int, blocks: BlockStore) -> None:
         """Sequential readers get the next blocks fetched in the background."""
         sequential = self.last_read_end >= 0 and abs(end - self.last_read_end) <= (4 << 20)
         self.last_read_end = end
-        if not sequential or end >= self.base.size:
+        if not sequential:
+            self.readahead_bytes = READAHEAD_MIN_BYTES
             return
+        if end >= self.base.size:
+            return
+        limit = min(READAHEAD_MAX_BYTES, blocks.cache.limit_bytes // 4)
+        self.readahead_bytes = min(self.readahead_bytes * 2, limit)  # ramps up while sequential
         i = self.base.index_at(end)
         want: list[str] = []
         ahead = 0
-        while i < len(self.base.blocks) and ahead < (8 << 20):
+        while i < len(self.base.blocks) and ahead < self.readahead_bytes:
             block_id, n = self.base.blocks[i]
             if not self.dirty.overlaps(self.base.offsets[i], self.base.offsets[i] + n):
                 want.append(block_id)
@@ -406,12 +416,12 @@ async def build_manifest(
         pos = start
         async for window in state.region_windows(start, end, blocks):
             pos += len(window)
-            buf = carry + window if carry else window
+            buf = bytes(carry) + bytes(window) if carry else window
             final = pos >= end
             chunks, used = await trio.to_thread.run_sync(chunker.cut_and_hash, buf, final)
             if chunks:
                 await store_dirty([(bid, buf[off : off + n]) for bid, off, n in chunks])
                 out.extend((bid, n) for bid, _, n in chunks)
-            carry = buf[used:]
+            carry = bytes(buf[used:])
         assert not carry
     return out

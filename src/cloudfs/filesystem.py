@@ -669,33 +669,48 @@ class FileSystem:
 
     async def _seal_task(self, ino: int, state: FileState) -> None:
         """Cut the finished part of a sequential writer's dirty tail into chunks, store them
-        (pinned), make them base blocks, and upload them, window after window."""
+        (pinned), make them base blocks, and upload them; uploads of up to two windows run
+        while the next window is cut."""
         chunker = Chunker(self.options.chunk_params)
         window = max(2 * self._seal_min_bytes, min(32 << 20, self._stage_limit_bytes))
+        in_flight = trio.Semaphore(2)
+        paused = False
+
+        async def upload(ids: list[str]) -> None:
+            nonlocal paused
+            try:
+                await self.blocks.upload(ids)
+            except errors.TemporaryError as exc:
+                log.info("upload while writing paused (%s); close() will retry", exc)
+                paused = True
+            except errors.CloudfsError as exc:
+                log.warning("upload while writing failed (%s); close() will retry", exc)
+                paused = True
+            finally:
+                in_flight.release()
+
         try:
-            while True:
-                async with self._locks.hold(ino):
-                    if state.unlinked or self._files.get(ino) is not state:
-                        return
-                    start = state.sealable_from()
-                    if start is None or state.size - start < self._seal_min_bytes:
-                        return
-                    buf = state.read_staging(start, min(state.size, start + window))
-                    chunks, _ = await trio.to_thread.run_sync(chunker.cut_and_hash, buf, False)
-                    if not chunks:
-                        return
-                    await self._store_dirty([(b, buf[o : o + n]) for b, o, n in chunks])
-                    state.seal(start, [(b, n) for b, _, n in chunks])
-                    self._account_staging()
-                    new_ids = list(dict.fromkeys(b for b, _, _ in chunks))
-                    del buf
-                progress, state.seal_progress = state.seal_progress, trio.Event()
-                progress.set()
-                try:
-                    await self.blocks.upload(new_ids)
-                except errors.TemporaryError as exc:
-                    log.info("upload while writing paused (%s); close() will retry", exc)
-                    return
+            async with trio.open_nursery() as uploads:
+                while not paused:
+                    async with self._locks.hold(ino):
+                        if state.unlinked or self._files.get(ino) is not state:
+                            break
+                        start = state.sealable_from()
+                        if start is None or state.size - start < self._seal_min_bytes:
+                            break
+                        buf = state.read_staging(start, min(state.size, start + window))
+                        chunks, _ = await trio.to_thread.run_sync(chunker.cut_and_hash, buf, False)
+                        if not chunks:
+                            break
+                        await self._store_dirty([(b, buf[o : o + n]) for b, o, n in chunks])
+                        state.seal(start, [(b, n) for b, _, n in chunks])
+                        self._account_staging()
+                        new_ids = list(dict.fromkeys(b for b, _, _ in chunks))
+                        del buf
+                    progress, state.seal_progress = state.seal_progress, trio.Event()
+                    progress.set()
+                    await in_flight.acquire()
+                    uploads.start_soon(upload, new_ids)
         except errors.CloudfsError as exc:
             log.warning("sealing of inode %d stopped: %s", ino, exc)
         finally:
