@@ -251,7 +251,7 @@ class ApiClient:
             out.extend(obj["missing"])
         return out
 
-    async def put_block(self, block_id: str, data: bytes | memoryview) -> bool:
+    async def put_block(self, block_id: str, data: bytes | bytearray | memoryview) -> bool:
         """Upload one block (idempotent). Returns True if the server stored new bytes."""
         obj = await self._json(
             "PUT",
@@ -262,7 +262,7 @@ class ApiClient:
         self.bytes_uploaded += len(data)
         return bool(obj.get("stored"))
 
-    async def get_block(self, block_id: str) -> bytes:
+    async def get_block(self, block_id: str) -> bytes | bytearray:
         """Download one block and check it hashes to its id.
 
         Raises:

@@ -33,7 +33,7 @@ class BlockStore:
         self.cache = cache
         self.api = api
         self.nursery = nursery
-        self._flights: SingleFlight[bytes] = SingleFlight()
+        self._flights: SingleFlight[bytes | bytearray] = SingleFlight()
         self._upload_flights: SingleFlight[int] = SingleFlight()
         self._download_limiter = trio.CapacityLimiter(download_limit)
         self._upload_limiter = trio.CapacityLimiter(upload_limit)
@@ -62,11 +62,11 @@ class BlockStore:
             return memoryview(block)[start:end]  # no copy: pyfuse3 takes any buffer
         return block
 
-    async def fetch(self, block_id: str) -> bytes:
+    async def fetch(self, block_id: str) -> bytes | bytearray:
         """The whole block, downloaded once however many callers ask at the same time."""
         return await self._flights.run(block_id, lambda: self._download(block_id))
 
-    async def _download(self, block_id: str) -> bytes:
+    async def _download(self, block_id: str) -> bytes | bytearray:
         cached = self.cache.get_block(block_id)
         if cached is not None:
             return cached

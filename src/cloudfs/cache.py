@@ -145,7 +145,9 @@ class LocalCache:
         val = txn.get(key, db=self.binfo)
         return None if val is None else _INFO.unpack(val)[0]
 
-    def get_block(self, block_id: str, start: int = 0, end: int | None = None) -> bytes | None:
+    def get_block(
+        self, block_id: str, start: int = 0, end: int | None = None
+    ) -> bytes | bytearray | None:
         """Bytes `[start:end)` of a cached block, or None if absent. Only the segments covering
         the range are read; the first access in this process rehashes the whole block, and a
         block that fails is dropped (the caller refetches)."""
@@ -200,7 +202,9 @@ class LocalCache:
             pos += len(piece)
         return out if pos == len(out) else None
 
-    def _put_segments(self, txn: lmdb.Transaction, key: bytes, data: bytes | memoryview) -> None:
+    def _put_segments(
+        self, txn: lmdb.Transaction, key: bytes, data: bytes | bytearray | memoryview
+    ) -> None:
         view = memoryview(data)
         for seg, pos in enumerate(range(0, max(len(view), 1), SEGMENT_BYTES)):
             txn.put(key + _SEG.pack(seg), view[pos : pos + SEGMENT_BYTES], db=self.blocks)
@@ -209,7 +213,7 @@ class LocalCache:
         for seg in range(max(1, -(-size // SEGMENT_BYTES))):
             txn.delete(key + _SEG.pack(seg), db=self.blocks)
 
-    def put_clean(self, block_id: str, data: bytes | memoryview) -> bool:
+    def put_clean(self, block_id: str, data: bytes | bytearray | memoryview) -> bool:
         """Cache a block the server has. Evicts LRU clean blocks to stay within the budget;
         returns False (and stores nothing) if dirty data leaves no room."""
         size = len(data)
@@ -229,14 +233,14 @@ class LocalCache:
         self._verified.add(block_id)
         return True
 
-    def put_dirty(self, items: Iterable[tuple[str, bytes | memoryview]]) -> int:
+    def put_dirty(self, items: Iterable[tuple[str, bytes | bytearray | memoryview]]) -> int:
         """Store blocks that are not yet on the server, pinned until `mark_clean`. One transaction.
         A block already cached clean stays clean. Returns the bytes newly stored.
 
         Raises:
             QuotaExceededError: dirty data alone would exceed the cache budget.
         """
-        new: dict[str, bytes | memoryview] = {}
+        new: dict[str, bytes | bytearray | memoryview] = {}
         with self.env.begin(db=self.binfo) as txn:
             for block_id, data in items:
                 if block_id not in new and txn.get(_key(block_id)) is None:
@@ -344,8 +348,8 @@ class LocalCache:
         """Ids of cached blocks that do not rehash to their key (empty when healthy)."""
         bad = []
         with self.env.begin(buffers=True) as txn:
-            for key, val in txn.cursor(db=self.binfo):
-                key = bytes(key)
+            for raw_key, val in txn.cursor(db=self.binfo):
+                key = bytes(raw_key)
                 size = _INFO.unpack(val)[0]
                 data = self._read_segments(txn, key, 0, size)
                 if data is None or block_id_of(data) != key.hex():

@@ -139,7 +139,7 @@ class Manifest:
 
     def spans(self, start: int, end: int) -> list[tuple[int, str, int, int]]:
         """(block index, block id, start within block, end within block) covering [start, end)."""
-        out = []
+        out: list[tuple[int, str, int, int]] = []
         end = min(end, self.size)
         if start >= end:
             return out
@@ -369,7 +369,7 @@ class FileState:
 
     async def region_windows(
         self, start: int, end: int, blocks: BlockStore
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[bytes | bytearray | memoryview]:
         """The bytes of `[start, end)` in windows of at most WINDOW_BYTES (bounded memory)."""
         pos = start
         while pos < end:
@@ -400,7 +400,7 @@ async def build_manifest(
     state: FileState,
     blocks: BlockStore,
     params: ChunkParams,
-    store_dirty: Callable[[list[tuple[str, bytes]]], Awaitable[None]],
+    store_dirty: Callable[[list[tuple[str, bytes | bytearray | memoryview]]], Awaitable[None]],
 ) -> list[tuple[str, int]]:
     """The block list of `state`'s current content. Re-chunks only the planned regions (in a
     worker thread, window by window); hands each window's new blocks to `store_dirty`

@@ -238,10 +238,10 @@ class FileSystem:
             self.cache.drop_entry(parent.node_id, name_s)
             raise
         except errors.TemporaryError:
-            node = self._cached_child(parent.node_id, name_s)  # offline: what we knew
-            if node is None:
+            offline = self._cached_child(parent.node_id, name_s)  # offline: what we knew
+            if offline is None:
                 raise
-            return self.attr_of(self.table.learn(node, lookups=1))
+            return self.attr_of(self.table.learn(offline, lookups=1))
         return self.attr_of(self._learn(node, lookups=1))
 
     def _cached_child(self, parent_id: int, name: str) -> Node | None:
@@ -316,12 +316,12 @@ class FileSystem:
                     await self._commit_locked(inode, state)
                 self._release_state_if_idle(inode)
         if mtime_ns is not None:
-            state = self._files.get(ino)
-            if state is not None and state.is_dirty:
-                state.touch(mtime_ns)
+            open_state = self._files.get(ino)
+            if open_state is not None and open_state.is_dirty:
+                open_state.touch(mtime_ns)
                 mtime_ns = None
-            elif state is not None:
-                state.mtime_ns = mtime_ns
+            elif open_state is not None:
+                open_state.mtime_ns = mtime_ns
         if (mode is not None or mtime_ns is not None) and not inode.unlinked:
             node = await self.api.patch(
                 inode.node_id, mode=None if mode is None else mode & 0o7777, mtime_ns=mtime_ns
@@ -631,7 +631,7 @@ class FileSystem:
             raise errors.BadRequestError(f"unknown file handle {fh}")
         return handle
 
-    async def read(self, fh: int, offset: int, length: int) -> bytes:
+    async def read(self, fh: int, offset: int, length: int) -> bytes | bytearray | memoryview:
         handle = self._handle(fh)
         return await handle.state.read(offset, length, self.blocks)
 
@@ -722,7 +722,7 @@ class FileSystem:
         """Staged bytes count against the cache budget (they live in the cache dir too)."""
         self.cache.reserved_bytes = sum(st.staged_bytes for st in self._files.values())
 
-    async def _store_dirty(self, items: list[tuple[str, bytes]]) -> None:
+    async def _store_dirty(self, items: list[tuple[str, bytes | bytearray | memoryview]]) -> None:
         """Store new blocks locally, pinned until the server has them. When data the server
         has not acknowledged fills the cache, upload it to make room (writers wait); ENOSPC
         only when that cannot help (server unreachable, or the data alone exceeds the budget).
@@ -808,13 +808,13 @@ class FileSystem:
             return
         if not state.content_dirty and not state.queued:
             # only the mtime changed: a PATCH is enough
-            node = await self.api.patch(state.node_id, mtime_ns=state.mtime_ns)
+            patched = await self.api.patch(state.node_id, mtime_ns=state.mtime_ns)
             state.mtime_dirty = False
-            self._learn(node)
+            self._learn(patched)
             return
         new_ids: list[str] = []
 
-        async def store_dirty(items: list[tuple[str, bytes]]) -> None:
+        async def store_dirty(items: list[tuple[str, bytes | bytearray | memoryview]]) -> None:
             await self._store_dirty(items)
             new_ids.extend(bid for bid, _ in items)
 
@@ -837,8 +837,9 @@ class FileSystem:
         self._committing.add(inode.ino)
         try:
             # bounded: close() must return even if the server hangs
+            pushed: Node | None = None
             with trio.move_on_after(self.options.commit_budget_s + 2.0) as scope:
-                node = await self._push(entry, budget_s=self.options.commit_budget_s)
+                pushed = await self._push(entry, budget_s=self.options.commit_budget_s)
             if scope.cancelled_caught:
                 raise errors.TemporaryError("the server did not answer the commit in time")
         except errors.TemporaryError as exc:
@@ -850,6 +851,7 @@ class FileSystem:
             return
         finally:
             self._committing.discard(inode.ino)
+        node = pushed
         if node is None:  # resolved as a conflicted copy; the file now holds the server's version
             try:
                 current = await self._refresh(inode, blocks=True)

@@ -257,7 +257,7 @@ class CloudfsOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh), self._entry(attr)
 
     @translated
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:  # type: ignore[override]
         return await self.fs.read(fh, off, size)
 
     @translated
