@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -465,3 +467,70 @@ def test_statfs_and_enospc_with_quota(mount_factory: Any, server: ServerProcess)
     assert usage["logical_bytes"] <= quota, f"server went over quota: {usage}"
     assert view.content("keep.bin") == keep, "a refused commit must not touch other files"
     assert read_file(root / "keep.bin") == keep
+
+
+def test_random_writes_to_a_multi_chunk_file_match_a_model(d: Path, view: ServerView) -> None:
+    """Chunk boundaries (~1 MiB content-defined chunks) only exist in bigger files: random
+    pwrites, extensions and truncates on an 8 MiB file, checked against a bytearray model."""
+    rnd = random.Random(99)
+    model = bytearray(det_bytes("model", 8 * MiB))
+    write_file(d / "f", bytes(model))
+    for round_ in range(4):
+        fd = os.open(d / "f", os.O_RDWR)
+        try:
+            for _ in range(40):
+                off = rnd.randrange(0, len(model) + 100_000)
+                patch = rnd.randbytes(rnd.randrange(1, 64 * 1024))
+                os.pwrite(fd, patch, off)
+                if off > len(model):
+                    model.extend(b"\0" * (off - len(model)))
+                model[off : off + len(patch)] = patch
+            if round_ == 2:
+                cut = rnd.randrange(3 * MiB, 6 * MiB)
+                os.ftruncate(fd, cut)
+                del model[cut:]
+            assert os.pread(fd, len(model) + 1, 0) == bytes(model), f"round {round_} before close"
+        finally:
+            os.close(fd)
+        assert read_file(d / "f") == bytes(model), f"round {round_} after close"
+        assert view.content(f"{d.name}/f") == bytes(model), f"round {round_}: server content"
+    # insert 1 MiB at the front, as an editor re-saving the whole file would
+    model[0:0] = det_bytes("insert", MiB)
+    write_file(d / "f", bytes(model))
+    assert view.content(f"{d.name}/f") == bytes(model), "after an insertion at the front"
+
+
+def test_parallel_writers_in_one_folder(d: Path, view: ServerView) -> None:
+    def writer(k: int) -> None:
+        for i in range(25):
+            write_file(d / f"w{k}-{i}.bin", det_bytes(f"par-{k}-{i}", 1000 + 3000 * i))
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    want = {f"w{k}-{i}.bin": det_bytes(f"par-{k}-{i}", 1000 + 3000 * i)
+            for k in range(4) for i in range(25)}  # fmt: skip
+    assert sorted(os.listdir(d)) == sorted(want)
+    assert sorted(view.names(d.name)) == sorted(want), "server listing after parallel creates"
+    for name, data in want.items():
+        assert read_file(d / name) == data, f"{name} differs"
+    for name in ("w0-24.bin", "w3-0.bin"):
+        assert view.content(f"{d.name}/{name}") == want[name]
+
+
+def test_write_through_descriptor_after_rename_of_file_and_folder(
+    d: Path, view: ServerView
+) -> None:
+    os.mkdir(d / "a")
+    write_file(d / "a" / "f", b"before")
+    with open(d / "a" / "f", "r+b") as f:
+        os.rename(d / "a" / "f", d / "a" / "g")  # the open file moves
+        os.rename(d / "a", d / "b")  # and so does its folder
+        f.seek(0, os.SEEK_END)
+        f.write(b" and after")
+    assert not (d / "a").exists()
+    assert read_file(d / "b" / "g") == b"before and after"
+    assert view.content(f"{d.name}/b/g") == b"before and after", "commit went to the old path?"
+    assert view.names(d.name) == ["b"] and view.names(f"{d.name}/b") == ["g"]
