@@ -164,3 +164,59 @@ def test_two_descriptors_same_mount_never_conflict(mount: Any) -> None:
     assert names == ["shared.txt"], f"a conflict with itself: {names}"
     assert view.content("shared.txt") == bytes(expected)
     assert read_file(path) == bytes(expected)
+
+
+def test_edit_survives_delete_on_other_device(
+    mount_factory: Callable[..., Any], alice: User
+) -> None:
+    a = mount_factory(alice, device="a")
+    write_file(Path(a.path) / "todo.txt", b"v0")
+    b = mount_factory(alice, device="b")
+    edit = b"edited on b while a deleted it\n" + det_bytes("del", 5000)
+    with open(Path(b.path) / "todo.txt", "r+b") as fb:
+        fb.write(edit)
+        fb.flush()
+        os.unlink(Path(a.path) / "todo.txt")  # A deletes while B still has it open
+    view = ServerView(a.server, alice)
+    names = view.names()
+    holders = [n for n in names if view.content(n) == edit]
+    assert holders, f"B's edit was lost after A deleted the file: the server lists {names}"
+
+
+def test_rename_on_one_device_edit_on_other(mount_factory: Callable[..., Any], alice: User) -> None:
+    a = mount_factory(alice, device="a")
+    write_file(Path(a.path) / "draft.txt", b"v0")
+    b = mount_factory(alice, device="b")
+    with open(Path(b.path) / "draft.txt", "r+b") as fb:
+        fb.write(b"v1 from b")
+        fb.flush()
+        os.rename(Path(a.path) / "draft.txt", Path(a.path) / "final.txt")
+    view = ServerView(a.server, alice)
+    names = view.names()
+    contents = {n: view.content(n) for n in names}
+    assert b"v1 from b" in contents.values(), f"B's edit lost after A's rename: {contents}"
+    assert "final.txt" in names, f"A's rename lost: {names}"
+
+
+def test_both_devices_create_the_same_new_name(
+    mount_factory: Callable[..., Any], alice: User
+) -> None:
+    a = mount_factory(alice, device="a")
+    b = mount_factory(alice, device="b")
+    fa = open(Path(a.path) / "new.txt", "wb")  # noqa: SIM115
+    fb = open(Path(b.path) / "new.txt", "wb")  # noqa: SIM115
+    try:
+        fa.write(b"created on a")
+        fb.write(b"created on b")
+        fa.close()
+        fb.close()
+    finally:
+        fa.close()
+        fb.close()
+    view = ServerView(a.server, alice)
+    names = view.names()
+    contents = sorted(view.content(n) for n in names)
+    assert contents == [b"created on a", b"created on b"], (
+        f"both new files must survive (one as a conflicted copy): {names} -> {contents}"
+    )
+    assert "new.txt" in names, names
