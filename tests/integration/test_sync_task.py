@@ -350,3 +350,27 @@ async def test_busy_server_suggests_back_off(tmp_path: Path) -> None:
             await other.aclose()
     finally:
         busy.stop()
+
+
+async def test_two_mounts_with_one_device_name_see_each_other(
+    server: ServerProcess, alice: User, tmp_path: Path
+) -> None:
+    """Echoes are recognised by state, not by device name: two mounts that both call themselves
+    "laptop" (the default is the hostname) still apply each other's changes."""
+    async with (
+        device(server, alice, tmp_path / "x", "laptop") as x,
+        device(server, alice, tmp_path / "y", "laptop") as y,
+    ):
+        await x.settled(await latest_seq(x.fs.api))
+        await y.settled(await latest_seq(y.fs.api))
+        assert await listing(y.fs, ROOT_INODE) == []
+        ino = await write(x.fs, ROOT_INODE, b"twin.txt", b"from x")
+        await x.fs.setattr(ino, mode=0o640)
+        await y.settled(await latest_seq(y.fs.api))
+        assert await listing(y.fs, ROOT_INODE) == ["twin.txt"]
+        attr = await y.fs.lookup(ROOT_INODE, b"twin.txt")
+        assert (attr.size, attr.mode & 0o7777) == (6, 0o640)
+        assert y.task.applied == 3 and x.task.applied == 0, (
+            x.task.statistics(),
+            y.task.statistics(),
+        )
