@@ -201,7 +201,9 @@ def safe_name(name: str) -> str:
 
 
 @contextmanager
-def standalone_mount(base: Path, device: str = "shared") -> Iterator[Any]:
+def standalone_mount(
+    base: Path, device: str = "shared", extra_args: tuple[str, ...] = ()
+) -> Iterator[Any]:
     """A server + alice + one mount, for a module-scoped fixture (tests use their own subfolder).
 
     Yields the `Mount` object of tests/fuse/conftest.py; stops both by PID in `finally`.
@@ -211,7 +213,7 @@ def standalone_mount(base: Path, device: str = "shared") -> Iterator[Any]:
     srv = ServerProcess(base / "data").start()
     try:
         user = srv.add_user("alice")
-        m = Mount(srv, user, base, device)
+        m = Mount(srv, user, base, device, extra_args=extra_args)
         try:
             m.start()
             yield m

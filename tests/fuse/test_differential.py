@@ -1,7 +1,7 @@
 """Differential test: the same random syscalls on the mount and on a local directory must give the
-same results and the same errno (STYLE.md, "Tests"). Tiny files and a small name pool so that
-collisions (rename over, rmdir of a full folder, writes through descriptors of renamed or
-unlinked files) happen often.
+same results and the same errno (STYLE.md, "Tests"). Tiny files, tiny chunks and a small name
+pool so that collisions (rename over, rmdir of a full folder, writes through descriptors of
+renamed or unlinked files) and chunk boundaries happen often.
 """
 
 from __future__ import annotations
@@ -178,7 +178,10 @@ class MountVsLocal(RuleBasedStateMachine):
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    with standalone_mount(tmp_path_factory.mktemp("differential")) as m:
+    # tiny content-defined chunks (avg 256 B, min 64, max 1 KiB), so these small files span
+    # several chunks and every write crosses chunk boundaries
+    base = tmp_path_factory.mktemp("differential")
+    with standalone_mount(base, extra_args=("--chunk-size", "256")) as m:
         yield m
 
 
