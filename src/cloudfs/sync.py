@@ -32,6 +32,7 @@ class SyncOptions:
     settle_s: float = 0.5  # longest wait for own requests in flight before applying an echo
     late_window_s: float = 3.0  # how long an applied change guards against late answers
     sweep_every_s: float = 0.2  # how often that guard looks
+    late_max_nodes: int = 10_000  # nodes guarded at once
 
 
 @dataclass
@@ -269,6 +270,8 @@ class SyncTask:
         the change for a few seconds so `_sweep` can drop such a late copy."""
         applied = self._recent.get(node_id)
         if applied is None:
+            if len(self._recent) >= self.options.late_max_nodes:
+                return  # a burst (an untar elsewhere): guard the first ones, keep sweeps cheap
             applied = self._recent[node_id] = _Applied(op, 0, [], 0.0)
         applied.op = op
         applied.time_ns = max(applied.time_ns, int(change["time_ns"]))
