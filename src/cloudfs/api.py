@@ -241,6 +241,42 @@ class ApiClient:
             params["wait"] = wait_s
         return await self._json("GET", "/v1/changes", params=params)
 
+    # ---- history and trash -------------------------------------------------------------------
+    async def list_versions(self, node_id: int) -> list[dict[str, Any]]:
+        """The file's versions, newest first, the current one included (protocol.md)."""
+        return list((await self._json("GET", f"/v1/nodes/{node_id}/versions"))["versions"])
+
+    async def get_version(self, node_id: int, version: int) -> dict[str, Any]:
+        """One version object with its `blocks`."""
+        return await self._json("GET", f"/v1/nodes/{node_id}/versions/{version}")
+
+    async def restore_version(self, node_id: int, version: int) -> Node:
+        """Make version `version`'s content a new current version; returns the node."""
+        return Node.from_json(
+            await self._json("POST", f"/v1/nodes/{node_id}/versions/{version}/restore")
+        )
+
+    async def list_trash(self) -> list[dict[str, Any]]:
+        """Trashed nodes, each with `trashed_at_ns`, `original_parent` and `original_path`."""
+        return list((await self._json("GET", "/v1/trash"))["entries"])
+
+    async def restore_trash(
+        self, node_id: int, parent_id: int | None = None, name: str | None = None
+    ) -> Node:
+        """Bring a trashed node back (default: its original parent and name).
+
+        Raises: NameExistsError if the name is taken, NodeNotFoundError if the node is not in
+        the trash or the parent is gone.
+        """
+        body: dict[str, Any] = {}
+        if parent_id is not None:
+            body["parent"] = parent_id
+        if name is not None:
+            body["name"] = name
+        return Node.from_json(
+            await self._json("POST", f"/v1/trash/{node_id}/restore", json_body=body)
+        )
+
     # ---- blocks ------------------------------------------------------------------------------
     async def missing_blocks(self, block_ids: list[str]) -> list[str]:
         out: list[str] = []
