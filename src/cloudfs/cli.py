@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cloudfs import config, registry
+from cloudfs import config, history, registry
 from cloudfs.chunking import ChunkParams
 from cloudfs.sizes import format_size, parse_size
 
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--token", help="API token (or CLOUDFS_TOKEN)")
 
     registry.add_parsers(sub)  # devices, holders (issue 5)
+    history.add_parsers(sub)  # versions, restore, trash, undelete
     return p
 
 
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             return registry.cmd_devices(args)
         if args.command == "holders":
             return registry.cmd_holders(args)
+        if args.command in history.COMMANDS:
+            return history.COMMANDS[args.command](args)
     except CliError as exc:
         return _die(str(exc))
     except KeyboardInterrupt:
