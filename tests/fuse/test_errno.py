@@ -195,3 +195,21 @@ def test_rename_dir_into_own_subtree_is_einval(d: Path) -> None:
     expect_errno(errno.EINVAL, os.rename, d / "a", d / "a" / "b" / "c" / "x")
     assert read_file(d / "a" / "b" / "c" / "f") == b"deep"
     assert os.listdir(d) == ["a"]
+
+
+def test_special_files_are_eperm(d: Path) -> None:
+    expect_errno(errno.EPERM, os.mkfifo, d / "fifo")
+    assert os.listdir(d) == [], "a refused mkfifo must not leave anything"
+
+
+def test_rename_exchange_is_refused_and_keeps_both(d: Path) -> None:
+    rename_exchange = 2
+    write_file(d / "x", b"x")
+    write_file(d / "y", b"y")
+    with pytest.raises(OSError) as info:
+        renameat2(d / "x", d / "y", rename_exchange)
+    # docs/client.md: EOPNOTSUPP; the kernel may report an unsupported flag as EINVAL
+    assert info.value.errno in (errno.EOPNOTSUPP, errno.EINVAL), (
+        f"RENAME_EXCHANGE: expected EOPNOTSUPP, got {errno.errorcode.get(info.value.errno)}"
+    )
+    assert (read_file(d / "x"), read_file(d / "y")) == (b"x", b"y")

@@ -534,3 +534,11 @@ def test_write_through_descriptor_after_rename_of_file_and_folder(
     assert read_file(d / "b" / "g") == b"before and after"
     assert view.content(f"{d.name}/b/g") == b"before and after", "commit went to the old path?"
     assert view.names(d.name) == ["b"] and view.names(f"{d.name}/b") == ["g"]
+
+
+def test_chown_is_accepted(d: Path) -> None:
+    """docs/client.md: chown is accepted and ignored, so `tar` and `cp -a` as root work."""
+    write_file(d / "f", b"x")
+    os.chown(d / "f", 1000, 1000)
+    os.lchown(d / "f", 0, 0)
+    assert read_file(d / "f") == b"x"
