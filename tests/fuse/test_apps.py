@@ -379,3 +379,63 @@ def test_rsync_archive(mount: Any, tmp_path: Path) -> None:
     sent = [line.split(" ", 1)[1] for line in rsync() if line.startswith(">f")]
     assert sent == [str(changed.relative_to(src))], f"expected only {changed.name} sent, got {sent}"
     _compare_trees(src, dst)
+
+
+# --- cp, copy_file_range/sendfile, locks ------------------------------------------------------
+
+
+def test_cp_a_and_kernel_copies(mount: Any, tmp_path: Path) -> None:
+    """`cp -a` (modes, times, symlinks, xattr probing) into the mount, then copies inside the
+    mount through sendfile (shutil) and copy_file_range (coreutils cp)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    _make_tree(src, 100, seed=5)
+    dst = Path(mount.path) / "copy"
+    r = subprocess.run(["cp", "-a", f"{src}", f"{dst}"], capture_output=True, text=True)
+    assert r.returncode == 0, f"cp -a failed: {r.stderr}"
+    _compare_trees(src, dst)
+    big = det_bytes("copy", 5 * MiB + 3)
+    write_file(dst / "big.bin", big)
+    shutil.copyfile(dst / "big.bin", dst / "big-shutil.bin")
+    r = subprocess.run(["cp", str(dst / "big.bin"), str(dst / "big-cp.bin")], capture_output=True)
+    assert r.returncode == 0, f"cp inside the mount failed: {r.stderr!r}"
+    view = ServerView(mount.server, mount.user)
+    for name in ("big-shutil.bin", "big-cp.bin"):
+        assert read_file(dst / name) == big, f"{name}: copy differs"
+        assert view.content(f"copy/{name}") == big, f"{name}: server copy differs"
+
+
+LOCKER = r"""
+import fcntl, sys
+with open(sys.argv[1], "r+b") as f:
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("flock-busy")
+    else:
+        print("flock-got")
+    try:
+        fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, 0)
+    except OSError:
+        print("lockf-busy")
+    else:
+        print("lockf-got")
+"""
+
+
+def test_locks_between_processes(mount: Any) -> None:
+    import fcntl
+
+    path = Path(mount.path) / "lockfile"
+    write_file(path, b"0123456789")
+    with open(path, "r+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.lockf(f, fcntl.LOCK_EX, 10, 0)
+        r = subprocess.run([sys.executable, "-c", LOCKER, str(path)], capture_output=True,
+                           text=True, timeout=30)  # fmt: skip
+        assert r.stdout.split() == ["flock-busy", "lockf-busy"], (
+            f"another process must see both locks held: {r.stdout!r} {r.stderr!r}"
+        )
+    r = subprocess.run([sys.executable, "-c", LOCKER, str(path)], capture_output=True,
+                       text=True, timeout=30)  # fmt: skip
+    assert r.stdout.split() == ["flock-got", "lockf-got"], f"locks not released: {r.stdout!r}"
