@@ -213,3 +213,19 @@ def test_rename_exchange_is_refused_and_keeps_both(d: Path) -> None:
         f"RENAME_EXCHANGE: expected EOPNOTSUPP, got {errno.errorcode.get(info.value.errno)}"
     )
     assert (read_file(d / "x"), read_file(d / "y")) == (b"x", b"y")
+
+
+def test_invalid_utf8_name_is_refused_cleanly(d: Path) -> None:
+    bad = os.fsencode(d) + b"/bad-\xff\xfe-name"
+    with pytest.raises(OSError) as info:
+        os.close(os.open(bad, os.O_CREAT | os.O_WRONLY, 0o644))
+    assert info.value.errno in (errno.EINVAL, errno.EILSEQ), (
+        f"a name that is not UTF-8: expected EINVAL (or EILSEQ), got "
+        f"{errno.errorcode.get(info.value.errno)}"
+    )
+    with pytest.raises(OSError) as info:
+        os.stat(bad)
+    assert info.value.errno in (errno.ENOENT, errno.EINVAL), "lookup of a name that cannot exist"
+    assert os.listdir(d) == []
+    write_file(d / "still-works", b"ok")  # the mount is alive and well
+    assert read_file(d / "still-works") == b"ok"

@@ -542,3 +542,48 @@ def test_chown_is_accepted(d: Path) -> None:
     os.chown(d / "f", 1000, 1000)
     os.lchown(d / "f", 0, 0)
     assert read_file(d / "f") == b"x"
+
+
+UNUSUAL_NAMES = [
+    "a b", "a+b", "100%", "q?x=1&y=2", "hash#tag", "semi;colon", "new\nline", "tab\tx",
+    "emoji 😀", "back\\slash", "'quote\"", "ünïcödé", "%2F-not-a-slash", "..dots", ".hidden",
+    " leading-space", "trailing-space ", "日本語のファイル名",
+]  # fmt: skip
+
+
+def test_unusual_names(mount: Any) -> None:
+    root = Path(mount.path)
+    view = ServerView(mount.server, mount.user)
+    for i, name in enumerate(UNUSUAL_NAMES):
+        write_file(root / name, f"content {i}".encode())
+    os.mkdir(root / "dir with spaces & #")
+    write_file(root / "dir with spaces & #" / "in+side?", b"nested")
+    want = sorted([*UNUSUAL_NAMES, "dir with spaces & #"])
+    assert sorted(os.listdir(root)) == want
+    assert sorted(view.names()) == want, "server names differ from what was created"
+    mount.remount()  # a fresh client looks every name up on the server
+    for i, name in enumerate(UNUSUAL_NAMES):
+        assert read_file(root / name) == f"content {i}".encode(), f"{name!r} after remount"
+    assert read_file(root / "dir with spaces & #" / "in+side?") == b"nested"
+    os.rename(root / "a+b", root / "a b c+d")
+    assert view.content("a b c+d") == b"content 1"
+
+
+def test_sparse_file(d: Path, view: ServerView) -> None:
+    size = 256 * MiB
+    with open(d / "sparse.img", "wb") as f:
+        f.truncate(size)
+        f.seek(size - 4)
+        f.write(b"tail")
+        f.seek(100 * MiB)
+        f.write(b"middle")
+    assert os.stat(d / "sparse.img").st_size == size
+    with open(d / "sparse.img", "rb") as f:
+        f.seek(100 * MiB - 10)
+        assert f.read(20) == b"\0" * 10 + b"middle" + b"\0" * 4
+        f.seek(size - 8)
+        assert f.read() == b"\0\0\0\0tail"
+    node = view.node(f"{d.name}/sparse.img")
+    assert node["size"] == size, f"server size {node['size']}"
+    usage = view.get("/v1/usage")
+    assert usage["stored_bytes"] < 64 * MiB, f"zeros should dedup on the server: {usage}"
