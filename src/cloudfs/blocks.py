@@ -117,9 +117,11 @@ class BlockStore:
         finally:
             self._prefetching.discard(block_id)
 
-    async def upload(self, block_ids: list[str]) -> int:
-        """Make sure the server has every block in `block_ids` (all must be in the cache).
-        Uploads only the ones it reports missing, a few at a time; marks them clean.
+    async def upload(self, block_ids: list[str], known_missing: bool = False) -> int:
+        """Make sure the server has every block in `block_ids`. Clean blocks are known to the
+        server already; dirty ones are checked with one `missing` call (or, when they are
+        few and small, simply PUT: uploads are idempotent), and the missing ones uploaded a few
+        at a time and marked clean. `known_missing`: the server said so; upload them all.
         Returns bytes uploaded.
 
         Raises:
@@ -127,11 +129,18 @@ class BlockStore:
             CorruptBlockError: a dirty block in the cache no longer matches its id.
         """
         unique = list(dict.fromkeys(block_ids))
+        if not known_missing:
+            unique = [b for b in unique if self.cache.is_dirty(b)]
         if not unique:
             return 0
-        missing = await self.api.missing_blocks(unique)
-        present = set(unique) - set(missing)
-        self.cache.mark_clean(present)
+        small = len(unique) <= 16 and sum(self.cache.block_size(b) or 0 for b in unique) <= (
+            1 << 20
+        )
+        if known_missing or small:
+            missing = unique
+        else:
+            missing = await self.api.missing_blocks(unique)
+            self.cache.mark_clean(set(unique) - set(missing))
         sent = 0
         self.uploads_pending += len(missing)
 

@@ -281,6 +281,11 @@ class LocalCache:
             self.dirty_bytes -= size
             self._lru[block_id] = size
 
+    def block_size(self, block_id: str) -> int | None:
+        with self.env.begin(db=self.binfo) as txn:
+            val = txn.get(_key(block_id))
+        return None if val is None else _INFO.unpack(val)[0]
+
     def is_dirty(self, block_id: str) -> bool:
         with self.env.begin(db=self.binfo) as txn:
             val = txn.get(_key(block_id))

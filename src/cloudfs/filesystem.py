@@ -887,7 +887,7 @@ class FileSystem:
                 )
             except errors.MissingBlocksError as exc:
                 log.warning("server lacks %d blocks; uploading them again", len(exc.missing))
-                await self.blocks.upload(exc.missing)
+                await self.blocks.upload(exc.missing, known_missing=True)
             except errors.VersionConflictError as exc:
                 mine = await self._already_committed(entry)
                 if mine is not None:  # our own commit whose answer was lost (queue replay)
