@@ -140,6 +140,21 @@ class FileSystem:
         """Load the root node. Raises CloudfsError if the server cannot be asked."""
         root = await self.api.get_node(self.table.root_id)
         self._learn(root, lookups=1)
+        dropped = self.drop_orphan_blocks()
+        if dropped:
+            log.info(
+                "dropped %d unreferenced dirty blocks (edits never closed before a crash)", dropped
+            )
+
+    def drop_orphan_blocks(self) -> int:
+        """Dirty blocks that no queued commit references (left by a crash before close or by
+        a commit that finished) can never be needed: drop them so they do not pin the cache.
+        Only safe when no file is open (at start)."""
+        referenced = {b for e in self.cache.queued() for b, _ in e["blocks"]}
+        referenced.update(b for st in self._files.values() for b, _ in st.base.blocks)
+        orphans = [b for b in self.cache.dirty_block_ids() if b not in referenced]
+        self.cache.drop_blocks(orphans, force=True)
+        return len(orphans)
 
     # ==== metadata helpers =======================================================================
     def _learn(self, node: Node, lookups: int = 0) -> Inode:

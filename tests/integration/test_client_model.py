@@ -222,6 +222,9 @@ class FileModel(RuleBasedStateMachine):
             copies = self._conflict_copies()
             assert sorted(copies) == sorted(self.conflicts), "conflicted copies hold our edits"
             assert self.client.cache.verify() == []
+            # every dirty block is referenced by something pending (nothing is pending now)
+            assert self.client.cache.queued() == []
+            assert self.client.cache.dirty_block_ids() == [], "unreferenced dirty blocks"
             self.client.close()
             self.loop.run(self.other.aclose)
         finally:
