@@ -8,6 +8,8 @@ The server's state is read over HTTP (`ServerView`), never through the mount und
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.fuse.blackbox import MiB, ServerView, det_bytes, read_file, wait_for, write_file
+from tests.fuse.conftest import cloudfs_cmd
 
 pytestmark = pytest.mark.fuse
 
@@ -95,6 +98,12 @@ def test_offline_edits_queued_survive_kill9_and_replay(mount: Any) -> None:
         f2 = open(root / "opened-offline.txt", "r+b")  # noqa: SIM115
         f2.write(edits["opened-offline.txt"])
         f2.close()
+        st = subprocess.run(cloudfs_cmd("status", str(root)), capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+        assert st.returncode == 0, f"cloudfs status failed offline: {st.stdout}{st.stderr}"
+        assert re.search(r"(?i)pending[^\n]*\b2\b", st.stdout), (
+            f"cloudfs status should show the 2 queued commits:\n{st.stdout}"
+        )
     finally:
         for f in (f1, f2):
             if f is not None and not f.closed:
