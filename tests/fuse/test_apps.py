@@ -439,3 +439,39 @@ def test_locks_between_processes(mount: Any) -> None:
     r = subprocess.run([sys.executable, "-c", LOCKER, str(path)], capture_output=True,
                        text=True, timeout=30)  # fmt: skip
     assert r.stdout.split() == ["flock-got", "lockf-got"], f"locks not released: {r.stdout!r}"
+
+
+SQLITE_WRITER = r"""
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1], timeout=30)
+for i in range(50):
+    with con:
+        con.execute("INSERT INTO t (who, i) VALUES (?, ?)", (sys.argv[2], i))
+con.close()
+"""
+
+
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+def test_sqlite_two_processes_write_concurrently(mount: Any, journal_mode: str) -> None:
+    db = Path(mount.path) / "shared.db"
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA journal_mode={journal_mode}")
+    con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, who TEXT, i INTEGER)")
+    con.commit()
+    con.close()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SQLITE_WRITER, str(db), who], stderr=subprocess.PIPE
+        )
+        for who in ("p1", "p2")
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, f"sqlite writer failed: {err.decode(errors='replace')[-2000:]}"
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        counts = dict(con.execute("SELECT who, count(*) FROM t GROUP BY who").fetchall())
+        assert counts == {"p1": 50, "p2": 50}, f"rows lost between two writers: {counts}"
+    finally:
+        con.close()
