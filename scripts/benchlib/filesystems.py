@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,8 @@ from typing import Any
 import psutil
 
 from benchlib.common import log
+
+PUT_BLOCK_RE = re.compile(r'"PUT /v1/blocks/([0-9a-f]{64}) HTTP/[0-9.]+" (\d{3})')
 
 
 def drop_caches() -> None:
@@ -89,6 +92,10 @@ class Fs:
 
     def uploaded_bytes(self) -> int | None:
         """A counter of bytes sent to the backend, or None if there is no backend."""
+        return None
+
+    def stored_bytes(self) -> int | None:
+        """The backend's own count of distinct bytes it stores for us, if it has one."""
         return None
 
     def alive(self) -> bool:
@@ -261,6 +268,7 @@ class CloudfsFs(Fs):
         self.mount = None
         self.generation = 0
         self.path = base / "mnt-bench"
+        self._sizes: dict[str, int] = {}
 
     def start(self) -> None:
         from tests.support import ServerProcess
@@ -352,8 +360,32 @@ class CloudfsFs(Fs):
         self.mount.stop()
         self.mount.start(timeout_s=60)
 
-    def uploaded_bytes(self) -> int | None:
+    def stored_bytes(self) -> int | None:
         return int(self.api("/v1/usage")["stored_bytes"])
+
+    def uploaded_bytes(self) -> int | None:
+        """Sum of the sizes of every block PUT the server answered 2xx, from its access log (the
+        API has no byte counter): each logged block id is sized once with HEAD."""
+        assert self.server is not None
+        time.sleep(0.2)  # the access log line is written just after the answer
+        text = self.server.log_path.read_text(errors="replace")
+        total = 0
+        for m in PUT_BLOCK_RE.finditer(text):
+            if m.group(2).startswith("2"):
+                total += self.block_size(m.group(1))
+        return total
+
+    def block_size(self, block_id: str) -> int:
+        if block_id not in self._sizes:
+            assert self.server is not None and self.user is not None
+            req = urllib.request.Request(
+                f"{self.server.url}/v1/blocks/{block_id}",
+                method="HEAD",
+                headers=self.user.headers("bench-check"),
+            )
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                self._sizes[block_id] = int(resp.headers["Content-Length"])
+        return self._sizes[block_id]
 
 
 def start_all(fss: list[Fs]) -> dict[str, str]:
