@@ -32,6 +32,7 @@ from cloudfs.protocol import Node, conflict_name, decode_name
 log = logging.getLogger(__name__)
 
 BLKSIZE = 1 << 20
+OFFLINE_BACKOFF_S = 5.0
 
 
 class Notifier(Protocol):
@@ -124,6 +125,8 @@ class FileSystem:
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._queue_wakeup = trio.Event()
+        self._last_usage: dict[str, Any] | None = None
+        self._offline_until_s = 0.0  # metadata is served from what we know until then
         self.metadata_live = False  # set by the change feed: cached metadata is authoritative
         self.sync_generation = 0  # bumped by the change feed for every foreign change it applies
         self.uid = os.getuid()
@@ -291,13 +294,17 @@ class FileSystem:
 
     async def _refresh(self, inode: Inode, blocks: bool = False) -> Inode:
         """Fresh metadata (and block list) from the server. While the server is unreachable,
-        what we already know is served instead (offline reads of known files)."""
+        what we already know is served instead (offline reads of known files); after a failure
+        the server is not asked again for a few seconds, so stat() does not stall each time."""
+        known = inode.blocks is not None or not blocks
+        if known and time.monotonic() < self._offline_until_s:
+            return inode
         try:
             node = await self.api.get_node(inode.node_id, blocks=blocks)
         except errors.TemporaryError:
-            if inode.blocks is not None or not blocks:
+            self._offline_until_s = time.monotonic() + OFFLINE_BACKOFF_S
+            if known:
                 log.info("server unreachable; serving cached metadata of %s", inode.node.name)
-                inode.fetched_at_s = time.monotonic()
                 return inode
             raise
         except errors.NodeNotFoundError:
@@ -353,7 +360,13 @@ class FileSystem:
         return (inode.node.target or "").encode()
 
     async def statfs(self) -> dict[str, int]:
-        usage = await self.api.usage()
+        try:
+            usage = await self.api.usage()
+            self._last_usage = usage
+        except errors.TemporaryError:
+            if self._last_usage is None:
+                raise
+            usage = self._last_usage  # offline: the last known figures
         used = int(usage.get("logical_bytes") or 0)
         quota = usage.get("quota_bytes")
         total = int(quota) if quota else max(used * 2, 1 << 40)
