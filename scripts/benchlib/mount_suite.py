@@ -44,7 +44,7 @@ class Sizes:
         self.untar_cap_s = 30 if quick else 90
         self.random_warm = 2000 if quick else 20_000
         self.random_cold = 50 if quick else 300
-        self.small_cap_s = 30 if quick else 120
+        self.small_cap_s = 30 if quick else 240
 
     @property
     def n_small(self) -> int:
