@@ -20,7 +20,10 @@ MAX_BODY = 17 << 20
 
 class Memory:
     def __init__(self) -> None:
-        self.blocks: dict[str, bytes] = {}
+        # Block bodies live in reused buffers (a free list per size): first touch of fresh memory
+        # runs at ~1.3 GB/s here, so a ceiling that allocated per request would not be one.
+        self.blocks: dict[str, tuple[bytearray, int]] = {}
+        self.free: dict[int, list[bytearray]] = {}
         self.nodes: dict[int, dict] = {}
         self.children: dict[int, dict[str, int]] = {}
         self.sorted_cache: dict[int, tuple[list[str], list[bytes]]] = {}
@@ -47,21 +50,35 @@ def make_app() -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
 
     async def put_block(request: web.Request) -> web.Response:
-        body = await request.read()
         bid = request.match_info["bid"]
-        fresh = bid not in mem.blocks
-        mem.blocks[bid] = body
+        size = request.content_length
+        if size is None or size > MAX_BODY:
+            return web.json_response({"error": "bad_request", "message": "length"}, status=400)
+        pool = mem.free.setdefault(size, [])
+        buf = pool.pop() if pool else bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        async for chunk in request.content.iter_any():
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        old = mem.blocks.pop(bid, None)
+        if old is not None:
+            mem.free.setdefault(len(old[0]), []).append(old[0])
+        mem.blocks[bid] = (buf, got)
         return web.json_response(
-            {"block_id": bid, "size": len(body), "stored": fresh}, status=201 if fresh else 200
+            {"block_id": bid, "size": got, "stored": old is None}, status=200 if old else 201
         )
 
     async def get_block(request: web.Request) -> web.Response:
-        body = mem.blocks.get(request.match_info["bid"])
-        if body is None:
+        entry = mem.blocks.get(request.match_info["bid"])
+        if entry is None:
             return web.json_response({"error": "not_found", "message": "no such block"}, status=404)
-        return web.Response(body=body, content_type="application/octet-stream")
+        buf, n = entry
+        return web.Response(body=memoryview(buf)[:n], content_type="application/octet-stream")
 
     async def reset(request: web.Request) -> web.Response:
+        for buf, _ in mem.blocks.values():
+            mem.free.setdefault(len(buf), []).append(buf)
         mem.blocks.clear()
         return web.json_response({"ok": True})
 
@@ -148,7 +165,7 @@ def make_app() -> web.Application:
         return web.json_response({k: v for k, v in mem.nodes[nid].items() if k != "blocks"})
 
     async def usage(request: web.Request) -> web.Response:
-        stored = sum(len(b) for b in mem.blocks.values())
+        stored = sum(n for _, n in mem.blocks.values())
         return web.json_response(
             {
                 "logical_bytes": stored,
