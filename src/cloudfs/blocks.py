@@ -18,6 +18,8 @@ from cloudfs.locks import SingleFlight
 
 log = logging.getLogger(__name__)
 
+Buffer = bytes | bytearray | memoryview
+
 
 class BlockStore:
     """Reads and uploads blocks. `nursery` runs read-ahead; it may be None (no read-ahead)."""
@@ -80,9 +82,12 @@ class BlockStore:
         self.cache.put_clean(block_id, data)
         return data
 
-    async def _put_one(self, block_id: str) -> int:
+    async def _put_one(self, block_id: str, data: Buffer | None = None) -> int:
         async with self._upload_limiter:
-            data = self.cache.get_block(block_id)
+            if data is None:
+                # read back only when the caller no longer holds the bytes: reading LMDB's
+                # map makes its pages resident in this process
+                data = self.cache.get_block(block_id)
             if data is None:
                 raise errors.CorruptBlockError(
                     f"block {block_id} to upload is missing from the local cache"
@@ -117,11 +122,18 @@ class BlockStore:
         finally:
             self._prefetching.discard(block_id)
 
-    async def upload(self, block_ids: list[str], known_missing: bool = False) -> int:
+    async def upload(
+        self,
+        block_ids: list[str],
+        known_missing: bool = False,
+        data: dict[str, Buffer] | None = None,
+    ) -> int:
         """Make sure the server has every block in `block_ids`. Clean blocks are known to the
         server already; dirty ones are checked with one `missing` call (or, when they are
         few and small, simply PUT: uploads are idempotent), and the missing ones uploaded a few
         at a time and marked clean. `known_missing`: the server said so; upload them all.
+        `data`: bytes of (some of) the blocks the caller still holds, sent instead of reading
+        them back from the cache.
         Returns bytes uploaded.
 
         Raises:
@@ -148,7 +160,10 @@ class BlockStore:
             nonlocal sent
             try:
                 # single-flight: a commit joins an upload the writer's sealing already started
-                sent += await self._upload_flights.run(block_id, lambda: self._put_one(block_id))
+                held = data.get(block_id) if data else None
+                sent += await self._upload_flights.run(
+                    block_id, lambda: self._put_one(block_id, held)
+                )
             finally:
                 self.uploads_pending -= 1
 

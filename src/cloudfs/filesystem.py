@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BLKSIZE = 1 << 20
 OFFLINE_BACKOFF_S = 5.0
+HELD_UPLOAD_BYTES = 64 << 20  # new blocks a commit keeps in memory to upload without re-reading
 
 
 class Notifier(Protocol):
@@ -704,10 +705,10 @@ class FileSystem:
         in_flight = trio.Semaphore(2)
         paused = False
 
-        async def upload(ids: list[str]) -> None:
+        async def upload(held: dict[str, bytes | bytearray | memoryview]) -> None:
             nonlocal paused
             try:
-                await self.blocks.upload(ids)
+                await self.blocks.upload(list(held), data=held)
             except errors.TemporaryError as exc:
                 log.info("upload while writing paused (%s); close() will retry", exc)
                 paused = True
@@ -730,15 +731,18 @@ class FileSystem:
                         chunks, _ = await trio.to_thread.run_sync(chunker.cut_and_hash, buf, False)
                         if not chunks:
                             break
-                        await self._store_dirty([(b, buf[o : o + n]) for b, o, n in chunks])
+                        view = memoryview(buf)
+                        held: dict[str, bytes | bytearray | memoryview] = {
+                            b: view[o : o + n] for b, o, n in chunks
+                        }
+                        await self._store_dirty(list(held.items()))
                         state.seal(start, [(b, n) for b, _, n in chunks])
                         self._account_staging()
-                        new_ids = list(dict.fromkeys(b for b, _, _ in chunks))
-                        del buf
+                        del buf, view
                     progress, state.seal_progress = state.seal_progress, trio.Event()
                     progress.set()
                     await in_flight.acquire()
-                    uploads.start_soon(upload, new_ids)
+                    uploads.start_soon(upload, held)
         except errors.CloudfsError as exc:
             log.warning("sealing of inode %d stopped: %s", ino, exc)
         finally:
@@ -841,10 +845,17 @@ class FileSystem:
             self._learn(patched)
             return
         new_ids: list[str] = []
+        held: dict[str, bytes | bytearray | memoryview] = {}  # up to 64 MiB, sent from memory
+        held_bytes = 0
 
         async def store_dirty(items: list[tuple[str, bytes | bytearray | memoryview]]) -> None:
+            nonlocal held_bytes
             await self._store_dirty(items)
             new_ids.extend(bid for bid, _ in items)
+            for bid, data in items:
+                if held_bytes + len(data) <= HELD_UPLOAD_BYTES:
+                    held[bid] = data
+                    held_bytes += len(data)
 
         block_list = await build_manifest(
             state, self.blocks, self.options.chunk_params, store_dirty
@@ -867,7 +878,7 @@ class FileSystem:
             # bounded: close() must return even if the server hangs
             pushed: Node | None = None
             with trio.move_on_after(self.options.commit_budget_s + 2.0) as scope:
-                pushed = await self._push(entry, budget_s=self.options.commit_budget_s)
+                pushed = await self._push(entry, budget_s=self.options.commit_budget_s, data=held)
             if scope.cancelled_caught:
                 raise errors.TemporaryError("the server did not answer the commit in time")
         except errors.TemporaryError as exc:
@@ -898,11 +909,16 @@ class FileSystem:
         learned.page_cache_version = node.version
         self.commits += 1
 
-    async def _push(self, entry: dict[str, Any], budget_s: float | None) -> Node | None:
+    async def _push(
+        self,
+        entry: dict[str, Any],
+        budget_s: float | None,
+        data: dict[str, bytes | bytearray | memoryview] | None = None,
+    ) -> Node | None:
         """Send one commit (uploads first). Returns the new node, or None when it ended as a
         conflicted copy. Raises TemporaryError if the server cannot be reached."""
         blocks = [(b, int(n)) for b, n in entry["blocks"]]
-        await self.blocks.upload(list(dict.fromkeys(b for b, _ in blocks)))
+        await self.blocks.upload(list(dict.fromkeys(b for b, _ in blocks)), data=data)
         for _attempt in range(3):
             try:
                 return await self.api.commit(
