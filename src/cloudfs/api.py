@@ -7,10 +7,12 @@ All methods await; none holds an LMDB transaction.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+from urllib.parse import quote, urlencode
 
 import httpx
 import trio
@@ -21,6 +23,22 @@ from cloudfs.protocol import Node, error_from_response
 from cloudfs.transport import RawFetcher, UnsupportedResponse
 
 log = logging.getLogger(__name__)
+
+
+class RawResponse:
+    """The little of httpx.Response that the callers use, for the raw transport."""
+
+    def __init__(self, status_code: int, content: bytearray) -> None:
+        self.status_code = status_code
+        self.content = content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def text(self) -> str:
+        return bytes(self.content).decode(errors="replace")
+
 
 T = TypeVar("T")
 
@@ -97,6 +115,10 @@ class ApiClient:
         mutation = method != "GET" and path.startswith("/v1/nodes/")
         self.mutations_in_flight += mutation
         try:
+            if self._raw is not None:
+                raw = await self._raw_request(method, path, json_body, content, params, headers)
+                if raw is not None:
+                    return self._checked(raw)
             resp = await self._client.request(
                 method,
                 path,
@@ -111,6 +133,10 @@ class ApiClient:
             ) from exc
         finally:
             self.mutations_in_flight -= mutation
+        return self._checked(resp)
+
+    @staticmethod
+    def _checked(resp: Any) -> Any:
         if resp.status_code >= 400:
             try:
                 body = resp.json()
@@ -118,6 +144,34 @@ class ApiClient:
                 body = {"message": resp.text[:200]}
             raise error_from_response(resp.status_code, body)
         return resp
+
+    async def _raw_request(
+        self,
+        method: str,
+        path: str,
+        json_body: Any,
+        content: bytes | bytearray | memoryview | None,
+        params: dict[str, Any] | None,
+        headers: dict[str, str] | None,
+    ) -> RawResponse | None:
+        """The request over the raw transport (per-request cost ~0.6 ms here versus ~3 ms for
+        httpx on trio), or None if its answer has no Content-Length (then httpx is used)."""
+        assert self._raw is not None
+        hdrs = dict(headers or {})
+        body: bytes | None = None
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            hdrs["Content-Type"] = "application/json"
+        elif content is not None:
+            body = content if type(content) is bytes else bytes(content)
+        target = path + ("?" + urlencode(params, quote_via=quote) if params else "")
+        try:
+            status, answer = await self._raw.request(method, target, body, hdrs)
+        except UnsupportedResponse:
+            log.info("answers without Content-Length; using httpx from now on")
+            self._raw = None
+            return None
+        return RawResponse(status, answer)
 
     async def _json(
         self, method: str, path: str, budget_s: float | None = None, **kwargs: Any

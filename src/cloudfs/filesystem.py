@@ -745,10 +745,15 @@ class FileSystem:
                     uploads.start_soon(upload, held)
         except errors.CloudfsError as exc:
             log.warning("sealing of inode %d stopped: %s", ino, exc)
+            paused = True
         finally:
             state.sealing = False
             state.seal_progress.set()
             state.seal_progress = trio.Event()
+        # Writes that arrived while the last uploads were in flight found `sealing` set and did
+        # not start a task: look again, or their data would wait for close().
+        if not paused and self._files.get(ino) is state:
+            self._maybe_seal(ino, state)
 
     def _account_staging(self) -> None:
         """Staged bytes count against the cache budget (they live in the cache dir too)."""

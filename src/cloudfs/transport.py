@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from urllib.parse import urlsplit
 
 import trio
@@ -21,6 +22,16 @@ from cloudfs.protocol import error_from_response
 log = logging.getLogger(__name__)
 
 _MAX_HEADER_BYTES = 64 << 10
+IDLE_REUSE_S = 20.0  # the server closes idle keep-alive connections later than this
+REQUEST_TIMEOUT_S = 90.0  # longer than the longest long-poll (60 s)
+
+
+def _error(status: int, body: bytes | bytearray) -> errors.CloudfsError:
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = {"message": bytes(body[:200]).decode(errors="replace")}
+    return error_from_response(status, obj)
 
 
 class UnsupportedResponse(Exception):
@@ -39,7 +50,7 @@ class RawFetcher:
         self.port = parts.port or 80
         self.prefix = parts.path.rstrip("/")
         self._headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._idle: list[trio.SocketStream] = []
+        self._idle: list[tuple[trio.SocketStream, float]] = []
         self.max_idle = max_idle
 
     @classmethod
@@ -51,7 +62,7 @@ class RawFetcher:
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
-        for stream in idle:
+        for stream, _ in idle:
             await stream.aclose()
 
     async def get(self, path: str) -> bytearray:
@@ -62,40 +73,65 @@ class RawFetcher:
             CloudfsError: the server answered an error (translated from its JSON body).
             UnsupportedResponse: no Content-Length; the caller falls back to httpx.
         """
-        request = (
-            f"GET {self.prefix}{path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-            f"{self._headers}Accept-Encoding: identity\r\n\r\n"
-        ).encode()
+        status, body = await self.request("GET", path)
+        if status == 200:
+            return body
+        raise _error(status, body)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytearray]:
+        """One request; returns (status, body) whatever the status.
+
+        A request on a reused keep-alive connection that fails before any answer byte arrived
+        is sent once more on a fresh connection (connections idle for more than
+        `IDLE_REUSE_S` are not reused, so the server has not closed them).
+        Raises TemporaryError on connection failures and timeouts."""
+        head = f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        head += self._headers + "Accept-Encoding: identity\r\n"
+        for key, value in (headers or {}).items():
+            head += f"{key}: {value}\r\n"
+        if body is not None:
+            head += f"Content-Length: {len(body)}\r\n"
+        request = head.encode() + b"\r\n"
         for attempt in range(2):
-            reused = bool(self._idle)
-            stream = self._idle.pop() if reused else await self._connect()
+            stream, reused = await self._checkout()
             try:
-                status, body, keep = await self._exchange(stream, request)
+                with trio.fail_after(REQUEST_TIMEOUT_S):
+                    status, answer, keep = await self._exchange(stream, request, body)
             except (
                 OSError,
                 trio.BrokenResourceError,
                 trio.ClosedResourceError,
+                trio.TooSlowError,
                 _ClosedEarly,
             ) as exc:
                 await stream.aclose()
-                if reused and attempt == 0:
+                if reused and attempt == 0 and isinstance(exc, _ClosedEarly):
                     continue  # a stale keep-alive connection: once more on a fresh one
-                raise errors.TemporaryError(f"GET {path}: connection failed: {exc}") from exc
+                raise errors.TemporaryError(f"{method} {path}: {exc!r}") from exc
             except BaseException:
                 await stream.aclose()
                 raise
             if keep and len(self._idle) < self.max_idle:
-                self._idle.append(stream)
+                self._idle.append((stream, time.monotonic()))
             else:
                 await stream.aclose()
-            if status == 200:
-                return body
-            try:
-                obj = json.loads(body)
-            except ValueError:
-                obj = {"message": bytes(body[:200]).decode(errors="replace")}
-            raise error_from_response(status, obj)
-        raise errors.TemporaryError(f"GET {path}: connection failed twice")
+            return status, answer
+        raise errors.TemporaryError(f"{method} {path}: connection failed twice")
+
+    async def _checkout(self) -> tuple[trio.SocketStream, bool]:
+        now = time.monotonic()
+        while self._idle:
+            stream, since = self._idle.pop()
+            if now - since < IDLE_REUSE_S:
+                return stream, True
+            await stream.aclose()
+        return await self._connect(), False
 
     async def _connect(self) -> trio.SocketStream:
         try:
@@ -104,14 +140,26 @@ class RawFetcher:
             raise errors.TemporaryError(f"cannot reach {self.host}:{self.port}: {exc}") from exc
 
     async def _exchange(
-        self, stream: trio.SocketStream, request: bytes
+        self, stream: trio.SocketStream, request: bytes, payload: bytes | None = None
     ) -> tuple[int, bytearray, bool]:
-        await stream.send_all(request)
         head = bytearray()
+        try:
+            if payload is not None and len(payload) < 65536:
+                await stream.send_all(request + payload)
+            else:
+                await stream.send_all(request)
+                if payload is not None:
+                    await stream.send_all(payload)
+            chunk = await stream.receive_some(65536)
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise _ClosedEarly(f"connection failed before the answer: {exc!r}") from exc
+        if not chunk:
+            raise _ClosedEarly("connection closed before the answer")
+        head += chunk
         while (end := head.find(b"\r\n\r\n")) < 0:
             chunk = await stream.receive_some(65536)
             if not chunk:
-                raise _ClosedEarly("connection closed before the answer")
+                raise trio.BrokenResourceError("connection closed inside the answer headers")
             head += chunk
             if len(head) > _MAX_HEADER_BYTES:
                 raise errors.ProtocolError("HTTP answer headers too long")
@@ -124,6 +172,8 @@ class RawFetcher:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             fields[name.strip().lower()] = value.strip()
+        if status in (204, 304):
+            return status, bytearray(), fields.get("connection", "").lower() != "close"
         if "content-length" not in fields or "chunked" in fields.get("transfer-encoding", ""):
             raise UnsupportedResponse("answer without Content-Length")
         length = int(fields["content-length"])
