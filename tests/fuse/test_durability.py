@@ -199,13 +199,6 @@ def test_kill9_during_unsynced_write_leaves_a_consistent_file(mount: Any) -> Non
 BLOCK_PUT = re.compile(rb'"PUT /v1/blocks/[0-9a-f]{64} HTTP/1\.[01]" 20[01] ')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client bug (2026-11-21): _seal_task leaves its loop when the unsealed tail is short "
-    "and then waits for its uploads with `sealing` still set, so writes arriving meanwhile never "
-    "restart it; the rest of a fast writer's data is uploaded only at close(). Remove this marker "
-    "with the fix.",
-)
 def test_sequential_writer_uploads_before_close(mount: Any) -> None:
     """Finished chunks of a file being written go to the server while it is still open, so
     close() only waits for the tail (seen in the server's access log, not timed). The server is
