@@ -220,7 +220,7 @@ def test_sequential_writer_uploads_before_close(mount: Any) -> None:
             os.kill(server.proc.pid, signal.SIGCONT)
         wait_for(
             lambda: len(BLOCK_PUT.findall(log.read_bytes()[since:])) >= 20,
-            20,
+            10,
             "block uploads while the file is still open (48 MiB written, ~1 MiB chunks)",
         )
     assert ServerView(server, mount.user).content("stream.bin") == data
