@@ -399,7 +399,10 @@ def render_status(st: dict[str, Any]) -> str:
     if queued:
         lines.append(f"  pending commits (waiting for the server): {len(queued)}")
         for q in queued[:10]:
-            lines.append(f"    {q['name']} ({format_size(q['size'])})")
+            why = ""
+            if q.get("waiting_for") == "quota":
+                why = " (over quota: free space or raise the quota)"
+            lines.append(f"    {q['name']} ({format_size(q['size'])}){why}")
     else:
         lines.append("  pending commits: none")
     conflicts = st.get("conflicts") or []

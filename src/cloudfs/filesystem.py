@@ -888,11 +888,16 @@ class FileSystem:
                 raise errors.TemporaryError("the server did not answer the commit in time")
         except errors.TemporaryError as exc:
             log.warning("server unreachable, queueing commit of %s: %s", inode.node.name, exc)
-            self.cache.put_queued(state.node_id, entry)  # durable (fsync) before close returns
-            state.rebase(state.base_version, block_list, state.mtime_ns)
-            state.queued = True
+            self._queue(state, entry, block_list)
             self._queue_wakeup.set()
             return
+        except errors.QuotaExceededError as exc:
+            # close() reports ENOSPC, but the edit is not dropped: it waits in the durable
+            # queue (retried every queue_retry_s) until space is freed or the quota raised.
+            log.warning("over quota, keeping the edit of %s queued: %s", inode.node.name, exc)
+            entry["waiting_for"] = "quota"
+            self._queue(state, entry, block_list)
+            raise
         finally:
             self._committing.discard(inode.ino)
         node = pushed
@@ -913,6 +918,12 @@ class FileSystem:
         learned = self._learn(node.with_blocks(tuple(block_list)))
         learned.page_cache_version = node.version
         self.commits += 1
+
+    def _queue(self, state: FileState, entry: dict[str, Any], block_list: list[Any]) -> None:
+        """Keep a commit that did not go through in the durable queue (fsync'ed before return)."""
+        self.cache.put_queued(state.node_id, entry)
+        state.rebase(state.base_version, block_list, state.mtime_ns)
+        state.queued = True
 
     async def _push(
         self,
@@ -1032,8 +1043,11 @@ class FileSystem:
                     continue
                 try:
                     node = await self._push(current, budget_s=budget_s)
-                except errors.TemporaryError as exc:
+                except (errors.TemporaryError, errors.QuotaExceededError) as exc:
                     log.info("queued commit of %s still waiting: %s", current["name"], exc)
+                    reason = "quota" if isinstance(exc, errors.QuotaExceededError) else "server"
+                    if current.get("waiting_for", "server") != reason:
+                        self.cache.put_queued(node_id, {**current, "waiting_for": reason})
                     continue
                 self.cache.drop_queued(node_id, current.get("new_blocks", []))
                 state = self._files.get(ino)
@@ -1087,7 +1101,9 @@ class FileSystem:
         with trio.move_on_after(budget_s):
             while self._background_commits:  # noqa: ASYNC110 - a counter, polled briefly
                 await trio.sleep(0.05)
-            while await self.flush_queue(budget_s=2.0):  # noqa: ASYNC110 - retry pacing
+            while await self.flush_queue(budget_s=2.0):
+                if all(e.get("waiting_for") == "quota" for e in self.cache.queued()):
+                    break  # waiting cannot help; they stay queued for the next mount
                 await trio.sleep(0.5)
         return len(self.cache.queued())
 
@@ -1103,6 +1119,7 @@ class FileSystem:
                 "name": e["name"],
                 "size": e["size"],
                 "queued_at_ns": e["queued_at_ns"],
+                "waiting_for": e.get("waiting_for", "server"),
             }
             for e in self.cache.queued()
         ]
