@@ -6,6 +6,7 @@ remount take the function-scoped `mount` fixture from conftest.py.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import random
@@ -259,13 +260,40 @@ def test_rename_file_over_file(d: Path, view: ServerView) -> None:
     assert view.content(f"{d.name}/old") == b"new content"
 
 
-def _readdir_check(mount_factory: Any, alice: User, server: ServerProcess, count: int) -> None:
-    """`count` entries made over HTTP, then listed by a fresh client (pages of the server's
-    listing), with the right d_type; then changed through the mount and listed again."""
+async def _fill_in_store(data_dir: Path, token: str, parent_id: int, names: list[str]) -> None:
+    """Create empty files through the server's own metadata store (the code the create route
+    calls), from this process, with fsync off: 100,000 entries in seconds instead of minutes
+    of HTTP round trips. The running server sees them like any other writer's rows (WAL)."""
+    from cloudfs_server.meta_sqlite import SqliteMetadataStore
+
+    store = SqliteMetadataStore(data_dir / "meta.sqlite3", synchronous="OFF")
+    await store.open()
+    try:
+        user = await store.authenticate(token)
+        assert user is not None, "the test user's token should authenticate"
+        for start in range(0, len(names), 2000):
+            await asyncio.gather(*(
+                store.create_node(user.user_id, parent_id, name, "file", None, None, None, 0,
+                                  [], "test")
+                for name in names[start:start + 2000]
+            ))  # fmt: skip
+    finally:
+        await store.close()
+
+
+def _readdir_check(
+    mount_factory: Any, alice: User, server: ServerProcess, count: int, via_store: bool = False
+) -> None:
+    """`count` entries made over HTTP (or through the server's store, for big counts), then
+    listed by a fresh client (pages of the server's listing), with the right d_type; then
+    changed through the mount and listed again."""
     view = ServerView(server, alice)
     big = view.post(f"/v1/nodes/{view.root()}/children", {"name": "big", "type": "dir"})
     names = [f"file-{i:06d}-{'é' if i % 7 == 0 else 'x'}{'y' * (i % 40)}" for i in range(count)]
-    view.bulk_create(big["id"], names)
+    if via_store:
+        asyncio.run(_fill_in_store(server.data_dir, alice.token, big["id"], names))
+    else:
+        view.bulk_create(big["id"], names)
     view.post(f"/v1/nodes/{big['id']}/children", {"name": "zz-subdir", "type": "dir"})
     view.post(
         f"/v1/nodes/{big['id']}/children", {"name": "zz-link", "type": "symlink", "target": "x"}
@@ -302,12 +330,8 @@ def test_readdir_thousands(mount_factory: Any, alice: User, server: ServerProces
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("CLOUDFS_TEST_HUGE") != "1",
-    reason="set CLOUDFS_TEST_HUGE=1: making 100,000 entries takes ~2 min at ~1,000 creates/s",
-)
 def test_readdir_100k(mount_factory: Any, alice: User, server: ServerProcess) -> None:
-    _readdir_check(mount_factory, alice, server, 100_000)
+    _readdir_check(mount_factory, alice, server, 100_000, via_store=True)
 
 
 def test_unlinked_file_readable_through_open_descriptor(d: Path, view: ServerView) -> None:
