@@ -15,17 +15,15 @@ import socket
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import trio
-
 from cloudfs import errors
 from cloudfs.api import ApiClient
+from cloudfs.clitools import CliError, connection, fail, mount_of, run_api, walk
 from cloudfs.inodes import ROOT_INODE
 from cloudfs.protocol import Node
-from cloudfs.registry import _CliError, _connection, _mount_of
 from cloudfs.sizes import format_size
 
 # Retry budget of one CLI call: long enough for a server restart, short enough for a person.
@@ -59,31 +57,6 @@ def add_parsers(sub: Any) -> None:
         "name); default: where it was",
     )
     connection(u)
-
-
-def _fail(message: str) -> int:
-    print(f"cloudfs: error: {message}", file=sys.stderr, flush=True)
-    return 1
-
-
-def _run(server: str, token: str, device: str, work: Callable[[ApiClient], Awaitable[int]]) -> int:
-    """Run `work` with a client; the errors no command handles itself become one line."""
-
-    async def main() -> int:
-        api = ApiClient(server, token, device, retry_budget_s=CALL_BUDGET_S)
-        try:
-            return await work(api)
-        finally:
-            await api.aclose()
-
-    try:
-        return trio.run(main)
-    except errors.UnauthorizedError:
-        return _fail(f"{server} rejected the token (401 unauthorized)")
-    except errors.TemporaryError as exc:
-        return _fail(f"server {server} is unreachable: {exc}")
-    except errors.CloudfsError as exc:
-        return _fail(str(exc))
 
 
 def _device(record: dict[str, Any] | None) -> str:
@@ -122,38 +95,30 @@ def _same_server(a: str | None, b: str | None) -> bool:
 
 
 def _target(args: argparse.Namespace) -> Target:
-    """Raises: _CliError (one line) when the path cannot name a file."""
-    found = _mount_of(args.path)
+    """Raises: CliError (one line) when the path cannot name a file."""
+    found = mount_of(args.path)
     if found is not None and _same_server(args.server, found[0].get("server")):
         try:
             st = os.stat(args.path)
         except FileNotFoundError:
-            raise _CliError(f"{args.path}: no such file") from None
+            raise CliError(f"{args.path}: no such file") from None
         except OSError as exc:
-            raise _CliError(f"{args.path}: {exc.strerror}") from exc
+            raise CliError(f"{args.path}: {exc.strerror}") from exc
         if stat.S_ISDIR(st.st_mode):
-            raise _CliError(f"{args.path} is a directory; only files have versions")
+            raise CliError(f"{args.path} is a directory; only files have versions")
         return Target(args.path, found[0], st.st_ino, None)
     if not args.server:
-        raise _CliError(
+        raise CliError(
             f"{args.path} is not inside a running cloudfs mount "
             "(or give --server and a drive path such as /docs/a.txt)"
         )
     if not args.path.startswith("/"):
-        raise _CliError(f"{args.path}: a drive path starts with / (such as /docs/a.txt)")
+        raise CliError(f"{args.path}: a drive path starts with / (such as /docs/a.txt)")
     return Target(args.path, None, None, posixpath.normpath(args.path))
 
 
-async def _walk(api: ApiClient, drive_path: str) -> Node:
-    """The node at '/a/b' in the drive. Raises: NodeNotFoundError."""
-    node = await api.get_node(int((await api.me(budget_s=CALL_BUDGET_S))["root"]))
-    for name in [part for part in drive_path.split("/") if part]:
-        node = await api.lookup(node.node_id, name)
-    return node
-
-
 async def _file_node(api: ApiClient, target: Target) -> Node:
-    """The target's node on the server. Raises: _CliError (gone, a directory)."""
+    """The target's node on the server. Raises: CliError (gone, a directory)."""
     try:
         if target.ino is not None:
             # The mount swaps the root's node id and node id 1 (cloudfs.inodes); inode 1 is the
@@ -162,13 +127,11 @@ async def _file_node(api: ApiClient, target: Target) -> Node:
             node = await api.get_node(ROOT_INODE if target.ino == root_id else target.ino)
         else:
             assert target.drive_path is not None
-            node = await _walk(api, target.drive_path)
+            node = await walk(api, target.drive_path)
     except errors.NodeNotFoundError:
-        raise _CliError(
-            f"{target.shown}: no such file on the server (not yet committed?)"
-        ) from None
+        raise CliError(f"{target.shown}: no such file on the server (not yet committed?)") from None
     if node.kind == "dir":
-        raise _CliError(f"{target.shown} is a directory; only files have versions")
+        raise CliError(f"{target.shown} is a directory; only files have versions")
     return node
 
 
@@ -192,18 +155,18 @@ def cmd_versions(args: argparse.Namespace) -> int:
     """`cloudfs versions PATH`: the file's versions, newest first."""
     try:
         target = _target(args)
-        server, token = _connection(args, target.record)
-    except _CliError as exc:
-        return _fail(str(exc))
+        server, token = connection(args, target.record)
+    except CliError as exc:
+        return fail(str(exc))
 
     async def work(api: ApiClient) -> int:
         try:
             node = await _file_node(api, target)
             versions = await api.list_versions(node.node_id)
-        except _CliError as exc:
-            return _fail(str(exc))
+        except CliError as exc:
+            return fail(str(exc))
         except errors.NodeNotFoundError:
-            return _fail(f"{target.shown}: no such file on the server (deleted meanwhile?)")
+            return fail(f"{target.shown}: no such file on the server (deleted meanwhile?)")
         versions.sort(key=lambda v: int(v["version"]), reverse=True)
         if args.json:
             print(json.dumps({"id": node.node_id, "versions": versions}, indent=2))
@@ -211,25 +174,25 @@ def cmd_versions(args: argparse.Namespace) -> int:
             print(render_versions(versions, node.version))
         return 0
 
-    return _run(server, token, _device(target.record), work)
+    return run_api(server, token, work, device=_device(target.record), budget_s=CALL_BUDGET_S)
 
 
 # ---- restore -------------------------------------------------------------------------------------
 def cmd_restore(args: argparse.Namespace) -> int:
     """`cloudfs restore PATH --version N`: version N's content becomes a new current version."""
     if args.version < 1:
-        return _fail(f"--version must be a positive version number, not {args.version}")
+        return fail(f"--version must be a positive version number, not {args.version}")
     try:
         target = _target(args)
-        server, token = _connection(args, target.record)
-    except _CliError as exc:
-        return _fail(str(exc))
+        server, token = connection(args, target.record)
+    except CliError as exc:
+        return fail(str(exc))
 
     async def work(api: ApiClient) -> int:
         try:
             node = await _file_node(api, target)
-        except _CliError as exc:
-            return _fail(str(exc))
+        except CliError as exc:
+            return fail(str(exc))
         if node.version == args.version:
             print(f"{target.shown}: version {node.version} is already the current version")
             return 0
@@ -239,10 +202,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
             try:
                 known = [int(v["version"]) for v in await api.list_versions(node.node_id)]
             except errors.NodeNotFoundError:
-                return _fail(f"{target.shown}: no such file on the server (deleted meanwhile?)")
+                return fail(f"{target.shown}: no such file on the server (deleted meanwhile?)")
             if args.version in known:
                 raise
-            return _fail(
+            return fail(
                 f"{target.shown} has no version {args.version} "
                 f"(it has {', '.join(map(str, sorted(known, reverse=True)))})"
             )
@@ -255,7 +218,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return _run(server, token, _device(target.record), work)
+    return run_api(server, token, work, device=_device(target.record), budget_s=CALL_BUDGET_S)
 
 
 # ---- trash ---------------------------------------------------------------------------------------
@@ -278,9 +241,9 @@ def render_trash(entries: list[dict[str, Any]]) -> str:
 def cmd_trash(args: argparse.Namespace) -> int:
     """`cloudfs trash`: deleted files, most recently deleted first."""
     try:
-        server, token = _connection(args, None)
-    except _CliError as exc:
-        return _fail(str(exc))
+        server, token = connection(args, None)
+    except CliError as exc:
+        return fail(str(exc))
 
     async def work(api: ApiClient) -> int:
         entries = await api.list_trash()
@@ -288,7 +251,7 @@ def cmd_trash(args: argparse.Namespace) -> int:
         print(json.dumps(entries, indent=2) if args.json else render_trash(entries))
         return 0
 
-    return _run(server, token, _device(None), work)
+    return run_api(server, token, work, device=_device(None), budget_s=CALL_BUDGET_S)
 
 
 # ---- undelete ------------------------------------------------------------------------------------
@@ -296,11 +259,11 @@ def _destination(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str |
     """The mount record and drive path named by --to (None: the original place)."""
     if args.to is None:
         return None, None
-    found = _mount_of(args.to)
+    found = mount_of(args.to)
     if found is not None and _same_server(args.server, found[0].get("server")):
         return found
     if not args.to.startswith("/"):
-        raise _CliError(
+        raise CliError(
             f"--to {args.to}: give a path inside a running mount "
             "or a drive path such as /docs/a.txt"
         )
@@ -309,22 +272,22 @@ def _destination(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str |
 
 async def _place(api: ApiClient, drive_path: str, name: str, shown: str) -> tuple[int, str, str]:
     """(parent id, name, path to show) for --to: an existing folder keeps `name`, anything else
-    names the new file. Raises: _CliError."""
+    names the new file. Raises: CliError."""
     try:
-        node = await _walk(api, drive_path)
+        node = await walk(api, drive_path)
     except errors.NodeNotFoundError:
         node = None
     if node is not None:
         if node.kind != "dir":
-            raise _CliError(f"--to {shown} already exists; choose another name")
+            raise CliError(f"--to {shown} already exists; choose another name")
         return node.node_id, name, os.path.join(shown, name)
     parent_path, new_name = posixpath.split(drive_path)
     try:
-        parent = await _walk(api, parent_path)
+        parent = await walk(api, parent_path)
     except errors.NodeNotFoundError:
-        raise _CliError(f"--to {shown}: its folder does not exist") from None
+        raise CliError(f"--to {shown}: its folder does not exist") from None
     if parent.kind != "dir":
-        raise _CliError(f"--to {shown}: {parent_path} is not a folder")
+        raise CliError(f"--to {shown}: {parent_path} is not a folder")
     return parent.node_id, new_name, shown
 
 
@@ -332,14 +295,14 @@ def cmd_undelete(args: argparse.Namespace) -> int:
     """`cloudfs undelete ID [--to PATH]`: bring a trashed file back."""
     try:
         record, to_path = _destination(args)
-        server, token = _connection(args, record)
-    except _CliError as exc:
-        return _fail(str(exc))
+        server, token = connection(args, record)
+    except CliError as exc:
+        return fail(str(exc))
 
     async def work(api: ApiClient) -> int:
         entry = next((e for e in await api.list_trash() if int(e["id"]) == args.node), None)
         if entry is None:
-            return _fail(f"no file with id {args.node} in the trash (`cloudfs trash` lists them)")
+            return fail(f"no file with id {args.node} in the trash (`cloudfs trash` lists them)")
         original = str(entry.get("original_path") or entry["name"])
         try:
             if to_path is None:
@@ -348,29 +311,29 @@ def cmd_undelete(args: argparse.Namespace) -> int:
             else:
                 parent_id, name, where = await _place(api, to_path, str(entry["name"]), args.to)
                 await api.restore_trash(args.node, parent_id, name)
-        except _CliError as exc:
-            return _fail(str(exc))
+        except CliError as exc:
+            return fail(str(exc))
         except errors.NameExistsError:
             if to_path is None:
-                return _fail(
+                return fail(
                     f"{original} exists again; restore it elsewhere with "
                     f"`cloudfs undelete {args.node} --to PATH`"
                 )
-            return _fail(f"--to {args.to} already exists; choose another name")
+            return fail(f"--to {args.to} already exists; choose another name")
         except errors.NodeNotFoundError:
             if to_path is None:
-                return _fail(
+                return fail(
                     f"the folder of {original} no longer exists; restore it elsewhere with "
                     f"`cloudfs undelete {args.node} --to PATH`"
                 )
-            return _fail(f"--to {args.to}: the folder or the trashed file is gone (try again)")
+            return fail(f"--to {args.to}: the folder or the trashed file is gone (try again)")
         if args.json:
             print(json.dumps({"id": args.node, "path": where}))
         else:
             print(f"restored {original} (id {args.node}) to {where}")
         return 0
 
-    return _run(server, token, _device(record), work)
+    return run_api(server, token, work, device=_device(record), budget_s=CALL_BUDGET_S)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

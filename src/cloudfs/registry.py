@@ -20,9 +20,10 @@ from typing import Any
 
 import trio
 
-from cloudfs import config, errors
+from cloudfs import errors
 from cloudfs.api import ApiClient
 from cloudfs.cache import LocalCache
+from cloudfs.clitools import CliError, connection, fail, mount_of, run_api, walk
 from cloudfs.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -287,83 +288,6 @@ def add_parsers(sub: Any) -> None:
     h.add_argument("--json", action="store_true", help="print JSON")
 
 
-class _CliError(Exception):
-    pass
-
-
-def _fail(message: str) -> int:
-    print(f"cloudfs: error: {message}", file=sys.stderr, flush=True)
-    return 1
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
-
-
-def _mount_records() -> list[dict[str, Any]]:
-    """Records of running mounts (by their pid: no stat of a mountpoint, which may hang)."""
-    out = []
-    for path in sorted(config.runtime_dir().glob("*.json")):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(record, dict) and _pid_alive(int(record.get("pid", 0))):
-            out.append(record)
-    return out
-
-
-def _mount_of(path: str) -> tuple[dict[str, Any], str] | None:
-    """The running mount containing `path`, and the path inside the drive ('/a/b')."""
-    real = os.path.realpath(path)
-    best: tuple[dict[str, Any], str] | None = None
-    for record in _mount_records():
-        mp = str(record["mountpoint"]).rstrip("/")
-        if (real == mp or real.startswith(mp + "/")) and (
-            best is None or len(mp) > len(best[0]["mountpoint"])
-        ):
-            best = (record, real[len(mp) :] or "/")
-    return best
-
-
-def _connection(args: argparse.Namespace, record: dict[str, Any] | None) -> tuple[str, str]:
-    server = args.server or (record or {}).get("server") or config.default_server()
-    if not server:
-        mounts = _mount_records()
-        if len(mounts) == 1:
-            server = mounts[0]["server"]
-    if not server:
-        raise _CliError("no server: use --server URL, `cloudfs login`, or run inside a mount")
-    token = args.token or os.environ.get("CLOUDFS_TOKEN") or config.token_for(server)
-    if not token:
-        raise _CliError(f"no token for {server}: use --token, CLOUDFS_TOKEN or `cloudfs login`")
-    return str(server).rstrip("/"), token
-
-
-def _run(server: str, token: str, work: Callable[[ApiClient], Awaitable[int]]) -> int:
-    async def main() -> int:
-        api = ApiClient(server, token, "cli", retry_budget_s=5.0)
-        try:
-            return await work(api)
-        finally:
-            await api.aclose()
-
-    try:
-        return trio.run(main)
-    except errors.UnauthorizedError:
-        return _fail(f"{server} rejected the token (401 unauthorized)")
-    except errors.TemporaryError as exc:
-        return _fail(f"server {server} is unreachable: {exc}")
-    except errors.CloudfsError as exc:
-        return _fail(str(exc))
-
-
 def _ago(time_ns: int) -> str:
     seconds = max(0.0, time.time() - time_ns / 1e9)
     if seconds < 90:
@@ -391,49 +315,41 @@ def render_devices(devices: list[dict[str, Any]]) -> str:
 def cmd_devices(args: argparse.Namespace) -> int:
     """`cloudfs devices`: the account's joined devices."""
     try:
-        server, token = _connection(args, None)
-    except _CliError as exc:
-        return _fail(str(exc))
+        server, token = connection(args, None)
+    except CliError as exc:
+        return fail(str(exc))
 
     async def work(api: ApiClient) -> int:
         devices = await DevicesApi(api, budget_s=None).list_devices()
         print(json.dumps(devices, indent=2) if args.json else render_devices(devices))
         return 0
 
-    return _run(server, token, work)
-
-
-async def _resolve(api: ApiClient, drive_path: str) -> Any:
-    me = await api.me()
-    node_id = int(me["root"])
-    for name in [part for part in drive_path.split("/") if part]:
-        node_id = (await api.lookup(node_id, name)).node_id
-    return await api.get_node(node_id, blocks=True)
+    return run_api(server, token, work)
 
 
 def cmd_holders(args: argparse.Namespace) -> int:
     """`cloudfs holders PATH`: for each block of the file, the devices holding it."""
-    found = _mount_of(args.path)
+    found = mount_of(args.path)
     if found is None and not args.server:
-        return _fail(f"{args.path} is not inside a running cloudfs mount (or give --server)")
+        return fail(f"{args.path} is not inside a running cloudfs mount (or give --server)")
     record, drive_path = found if found is not None else (None, args.path)
     try:
-        server, token = _connection(args, record)
-    except _CliError as exc:
-        return _fail(str(exc))
+        server, token = connection(args, record)
+    except CliError as exc:
+        return fail(str(exc))
 
     async def work(api: ApiClient) -> int:
         try:
-            node = await _resolve(api, drive_path)
+            node = await walk(api, drive_path, blocks=True)
         except errors.NodeNotFoundError:
-            return _fail(f"{args.path}: no such file on the server (not yet committed?)")
+            return fail(f"{args.path}: no such file on the server (not yet committed?)")
         if node.kind != "file":
-            return _fail(f"{args.path} is a {'directory' if node.kind == 'dir' else node.kind}")
+            return fail(f"{args.path} is a {'directory' if node.kind == 'dir' else node.kind}")
         devices_api = DevicesApi(api, budget_s=None)
         names = {d["device_id"]: d["device_name"] for d in await devices_api.list_devices()}
         blocks = list(node.blocks or ())
         holders = await devices_api.holders(block_id for block_id, _ in blocks)
-        rows = []
+        rows: list[dict[str, Any]] = []
         offset = 0
         for index, (block_id, length) in enumerate(blocks):
             rows.append(
@@ -468,7 +384,7 @@ def cmd_holders(args: argparse.Namespace) -> int:
             )
         return 0
 
-    return _run(server, token, work)
+    return run_api(server, token, work)
 
 
 def main(argv: list[str] | None = None) -> int:
