@@ -572,14 +572,16 @@ class FileSystem:
         self._next_fh += 1
         return fh
 
-    async def _state_for(self, inode: Inode) -> FileState:
-        """The shared open-file state of `inode`, loading its block list if needed."""
+    async def _state_for(self, inode: Inode, current: bool = False) -> FileState:
+        """The shared open-file state of `inode`, loading its block list if needed.
+        `current`: the caller knows the cached node and blocks are the server's latest (it just
+        created the file), so no refresh round trip is needed."""
         state = self._files.get(inode.ino)
         if state is not None:
             return state
         if inode.node.kind != "file":
             raise errors.IsADirectoryError_(f"inode {inode.ino} is not a regular file")
-        if not inode.unlinked or inode.blocks is None:
+        if inode.blocks is None or not (inode.unlinked or current):
             await self._refresh(inode, blocks=True)
         if inode.blocks is None:
             if inode.node.size == 0:
@@ -593,8 +595,8 @@ class FileSystem:
         self._files[inode.ino] = state
         return state
 
-    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Returns (fh, keep_cache)."""
+    async def open(self, ino: int, flags: int, created: bool = False) -> tuple[int, bool]:
+        """Returns (fh, keep_cache). `created`: this mount has just created the file."""
         inode = self.table.get(ino)
         if inode.node.is_dir:
             raise errors.IsADirectoryError_("cannot open a directory as a file")
@@ -620,7 +622,7 @@ class FileSystem:
                 if fresh.node.version != state.base_version and fresh.blocks is not None:
                     state.rebase(fresh.node.version, fresh.blocks, fresh.node.mtime_ns)
             if state is None:
-                state = await self._state_for(inode)
+                state = await self._state_for(inode, current=created)
             if flags & os.O_TRUNC and writable and state.size:
                 state.truncate(0)
             fh = self._new_fh()
@@ -638,6 +640,7 @@ class FileSystem:
     async def create(self, parent_ino: int, name: bytes, mode: int, flags: int) -> tuple[int, Attr]:
         parent = self._dir(parent_ino)
         name_s = decode_name(name)
+        created = True
         try:
             node = await self.api.create(
                 parent.node_id, name_s, "file", mode=mode & 0o7777, mtime_ns=time.time_ns()
@@ -645,13 +648,14 @@ class FileSystem:
         except errors.NameExistsError:
             if flags & os.O_EXCL:
                 raise
+            created = False
             node = await self.api.lookup(parent.node_id, name_s)
             if node.is_dir:
                 raise errors.IsADirectoryError_(f"{name_s} is a directory") from None
         inode = self._learn(node, lookups=1)
         if node.size == 0:
             inode.blocks = ()
-        fh, _ = await self.open(inode.ino, flags)
+        fh, _ = await self.open(inode.ino, flags, created=created)
         return fh, self.attr_of(inode)
 
     def _handle(self, fh: int) -> Handle:
