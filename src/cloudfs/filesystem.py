@@ -388,10 +388,17 @@ class FileSystem:
     # ==== namespace ==============================================================================
     async def mkdir(self, parent_ino: int, name: bytes, mode: int) -> Attr:
         parent = self._dir(parent_ino)
+        generation = self.sync_generation
         node = await self.api.create(
             parent.node_id, decode_name(name), "dir", mode=mode & 0o7777, mtime_ns=time.time_ns()
         )
-        return self.attr_of(self._learn(node, lookups=1))
+        inode = self._learn(node, lookups=1)
+        if self.metadata_live and generation == self.sync_generation:
+            # A directory this mount just made is known to be empty: lookups of new names in
+            # it (the kernel asks before every create) need no server call. Later changes by
+            # other devices reach it through the feed like any listed directory.
+            self.cache.put_listing(node.node_id, ())
+        return self.attr_of(inode)
 
     async def symlink(self, parent_ino: int, name: bytes, target: bytes) -> Attr:
         parent = self._dir(parent_ino)
