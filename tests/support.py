@@ -48,9 +48,19 @@ class ServerProcess:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "a")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            server_cmd("serve", "--data", str(self.data_dir), "--host", "127.0.0.1",
-                       "--port", "0", *self.extra_args),
-            stdout=subprocess.PIPE, stderr=log, text=True,
+            server_cmd(
+                "serve",
+                "--data",
+                str(self.data_dir),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                *self.extra_args,
+            ),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
         )
         deadline = time.monotonic() + timeout_s
         assert self.proc.stdout is not None
@@ -95,9 +105,15 @@ class ServerProcess:
     def add_user(self, name: str, *extra: str) -> User:
         return add_user(self.data_dir, name, *extra)
 
-    def request(self, method: str, path: str, user: User | None = None, body: object = None,
-                data: bytes | None = None, headers: dict[str, str] | None = None,
-                ) -> tuple[int, object]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        user: User | None = None,
+        body: object = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, object]:
         """One HTTP request with the standard library; returns (status, parsed JSON or bytes)."""
         hdrs = dict(headers or {})
         if user is not None:
@@ -117,8 +133,12 @@ class ServerProcess:
 
 
 def add_user(data_dir: Path, name: str, *extra: str) -> User:
-    out = subprocess.run(server_cmd("add-user", name, "--data", str(data_dir), *extra),
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        server_cmd("add-user", name, "--data", str(data_dir), *extra),
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     token = out.strip().splitlines()[-1].strip()
     return User(name, token)
 
@@ -126,4 +146,5 @@ def add_user(data_dir: Path, name: str, *extra: str) -> User:
 def fuse_available() -> bool:
     return os.path.exists("/dev/fuse") and any(
         os.access(os.path.join(p, "fusermount3"), os.X_OK)
-        for p in os.environ.get("PATH", "").split(os.pathsep))
+        for p in os.environ.get("PATH", "").split(os.pathsep)
+    )

@@ -46,8 +46,10 @@ def modules(package: Path) -> list[Path]:
 
 def test_server_imports_no_client_side_libraries() -> None:
     forbidden = {"trio", "lmdb", "pyfuse3", "cloudfs", "httpx"}
-    bad = {str(p.relative_to(ROOT)): sorted(imports_of(p, SHARED_PURE) & forbidden)
-           for p in modules(SERVER)}
+    bad = {
+        str(p.relative_to(ROOT)): sorted(imports_of(p, SHARED_PURE) & forbidden)
+        for p in modules(SERVER)
+    }
     bad = {k: v for k, v in bad.items() if v}
     assert not bad, f"server modules import client-side libraries: {bad}"
 
@@ -60,14 +62,26 @@ def test_client_never_imports_the_server() -> None:
 
 
 def test_pyfuse3_only_in_the_kernel_adapter_and_entry_points() -> None:
-    bad = [str(p.relative_to(ROOT)) for p in modules(CLIENT)
-           if "pyfuse3" in imports_of(p) and p.stem not in PYFUSE3_ALLOWED]
+    bad = [
+        str(p.relative_to(ROOT))
+        for p in modules(CLIENT)
+        if "pyfuse3" in imports_of(p) and p.stem not in PYFUSE3_ALLOWED
+    ]
     assert not bad, f"pyfuse3 imported outside the adapter/entry points: {bad}"
 
 
 def test_shared_pure_modules_stay_pure() -> None:
-    allowed_roots = {"__future__", "bisect", "collections", "typing", "heapq", "dataclasses",
-                     "sortedcontainers", "itertools", "functools"}
+    allowed_roots = {
+        "__future__",
+        "bisect",
+        "collections",
+        "typing",
+        "heapq",
+        "dataclasses",
+        "sortedcontainers",
+        "itertools",
+        "functools",
+    }
     for name in SHARED_PURE:
         path = ROOT / "src" / Path(*name.split(".")).with_suffix(".py")
         extra = imports_of(path) - allowed_roots

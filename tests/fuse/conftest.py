@@ -40,8 +40,15 @@ def cloudfs_cmd(*args: str) -> list[str]:
 class Mount:
     """One `cloudfs mount` child process of one user."""
 
-    def __init__(self, server: ServerProcess, user: User, base: Path, device: str,
-                 cache_size: str = "1G", extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        server: ServerProcess,
+        user: User,
+        base: Path,
+        device: str,
+        cache_size: str = "1G",
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.server = server
         self.user = user
         self.device = device
@@ -61,11 +68,23 @@ class Mount:
         self.path.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         self.proc = subprocess.Popen(
-            cloudfs_cmd("mount", str(self.path), "--server", self.server.url,
-                        f"--token={self.user.token}", "--cache-dir", str(self.cache_dir),
-                        "--cache-size", self.cache_size, "--device-name", self.device,
-                        "--foreground", *self.extra_args),
-            stdout=log, stderr=subprocess.STDOUT,
+            cloudfs_cmd(
+                "mount",
+                str(self.path),
+                "--server",
+                self.server.url,
+                f"--token={self.user.token}",
+                "--cache-dir",
+                str(self.cache_dir),
+                "--cache-size",
+                self.cache_size,
+                "--device-name",
+                self.device,
+                "--foreground",
+                *self.extra_args,
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -84,8 +103,9 @@ class Mount:
         """Clean unmount (commits pending work), then make sure nothing is left mounted."""
         try:
             if self.proc is not None and self.proc.poll() is None and os.path.ismount(self.path):
-                subprocess.run(cloudfs_cmd("unmount", str(self.path)), timeout=timeout_s,
-                               capture_output=True)
+                subprocess.run(
+                    cloudfs_cmd("unmount", str(self.path)), timeout=timeout_s, capture_output=True
+                )
             if self.proc is not None:
                 try:
                     self.proc.wait(timeout_s)
@@ -124,8 +144,12 @@ def mount_factory(server: ServerProcess, tmp_path: Path) -> Iterator[Callable[..
     """Make any number of mounts: `mount_factory(user, device="laptop", cache_size="64M")`."""
     mounts: list[Mount] = []
 
-    def make(user: User, device: str | None = None, cache_size: str = "1G",
-             extra_args: tuple[str, ...] = ()) -> Mount:
+    def make(
+        user: User,
+        device: str | None = None,
+        cache_size: str = "1G",
+        extra_args: tuple[str, ...] = (),
+    ) -> Mount:
         m = Mount(server, user, tmp_path, device or f"dev{len(mounts) + 1}", cache_size, extra_args)
         mounts.append(m)
         return m.start()
