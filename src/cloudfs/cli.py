@@ -18,6 +18,7 @@ from typing import Any
 
 from cloudfs import config, history, registry
 from cloudfs.chunking import ChunkParams
+from cloudfs.clitools import mount_records, pid_alive
 from cloudfs.sizes import format_size, parse_size
 
 EXIT_ERROR = 1
@@ -235,21 +236,6 @@ def _record(mountpoint: str) -> dict[str, Any] | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting for its parent to reap it counts as gone)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
 def _control(sock_path: str, request: dict[str, Any], timeout_s: float):  # type: ignore[no-untyped-def]
     """Yields the JSON objects the mount answers."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -279,7 +265,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     record = _record(mp)
     started = time.monotonic()
     said = ""
-    if record and _pid_alive(int(record["pid"])):
+    if record and pid_alive(int(record["pid"])):
         try:
             for msg in _control(record["socket"], {"cmd": "drain"}, timeout_s=args.timeout):
                 if "waiting" in msg and time.monotonic() - started > 1.0 and msg["waiting"] != said:
@@ -308,7 +294,7 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     if record:
         pid = int(record["pid"])
         deadline = time.monotonic() + args.timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             if time.monotonic() - started > 1.0 and said != "exit":
                 said = "exit"
                 print(
@@ -321,26 +307,14 @@ def cmd_unmount(args: argparse.Namespace) -> int:
 
 
 # ---- status --------------------------------------------------------------------------------------
-def _live_records() -> list[dict[str, Any]]:
-    out = []
-    for path in sorted(config.runtime_dir().glob("*.json")):
-        try:
-            rec = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if _pid_alive(int(rec.get("pid", 0))):
-            out.append(rec)
-    return out
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     if args.mountpoint:
         rec = _record(os.path.abspath(args.mountpoint))
-        if rec is None or not _pid_alive(int(rec["pid"])):
+        if rec is None or not pid_alive(int(rec["pid"])):
             return _die(f"{args.mountpoint} is not a running cloudfs mount")
         records = [rec]
     else:
-        records = _live_records()
+        records = mount_records()
         if not records:
             print("no cloudfs mounts running")
             return 0
