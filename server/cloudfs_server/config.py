@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudfs_server.blockstore import BlockStore
-from cloudfs_server.blockstore_dir import DirBlockStore
-from cloudfs_server.gclock import GcLock
-from cloudfs_server.meta import MetadataStore
-from cloudfs_server.meta_sqlite import SqliteMetadataStore
+from cloudfs_server.engines.blockstore import BlockStore
+from cloudfs_server.engines.dir import DirBlockStore
+from cloudfs_server.engines.gclock import GcLock
+from cloudfs_server.engines.meta import MetadataStore
+from cloudfs_server.engines.sqlite import SqliteMetadataStore
 
 MiB = 1 << 20
 DAY_NS = 86_400 * 10**9

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 
-from cloudfs_server.blockstore import BlockStore
-from cloudfs_server.gclock import GcLock
-from cloudfs_server.meta import MetadataStore
+from cloudfs_server.engines.blockstore import BlockStore
+from cloudfs_server.engines.gclock import GcLock
+from cloudfs_server.engines.meta import MetadataStore
 from cloudfs_server.model import FsckReport
 
 VERIFY_PARALLEL = 4

@@ -13,9 +13,9 @@ import logging
 import time
 from dataclasses import dataclass
 
-from cloudfs_server.blockstore import BlockStore
-from cloudfs_server.gclock import GcLock
-from cloudfs_server.meta import MetadataStore
+from cloudfs_server.engines.blockstore import BlockStore
+from cloudfs_server.engines.gclock import GcLock
+from cloudfs_server.engines.meta import MetadataStore
 
 log = logging.getLogger(__name__)
 

@@ -264,7 +264,7 @@ async def _fill_in_store(data_dir: Path, token: str, parent_id: int, names: list
     """Create empty files through the server's own metadata store (the code the create route
     calls), from this process, with fsync off: 100,000 entries in seconds instead of minutes
     of HTTP round trips. The running server sees them like any other writer's rows (WAL)."""
-    from cloudfs_server.meta_sqlite import SqliteMetadataStore
+    from cloudfs_server.engines.sqlite import SqliteMetadataStore
 
     store = SqliteMetadataStore(data_dir / "meta.sqlite3", synchronous="OFF")
     await store.open()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
-from cloudfs_server.app import META, ServerConfig, create_app
+from cloudfs_server.http.app import META, ServerConfig, create_app
 
 from tests.server.helpers import bid
 from tests.support import server_cmd

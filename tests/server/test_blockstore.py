@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from cloudfs_server.blockstore_dir import DirBlockStore
+from cloudfs_server.engines.dir import DirBlockStore
+from cloudfs_server.engines.gclock import GcLock
 from cloudfs_server.errors import (
     BadBlockIdError,
     HashMismatchError,
     NotFoundError,
     TooLargeError,
 )
-from cloudfs_server.gclock import GcLock
 
 from tests.server.helpers import bid
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
-from cloudfs_server import openapi
-from cloudfs_server.app import META, ServerConfig, create_app
+from cloudfs_server.http import openapi
+from cloudfs_server.http.app import META, ServerConfig, create_app
 
 from tests.server.conftest import AppUser
 

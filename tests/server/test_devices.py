@@ -8,8 +8,8 @@ from pathlib import Path
 
 import blake3
 import pytest
-from cloudfs_server.devices_registry import DeviceRegistry
-from cloudfs_server.devices_store import SqliteDeviceStore
+from cloudfs_server.devices.registry import DeviceRegistry
+from cloudfs_server.devices.store import SqliteDeviceStore
 
 from tests.support import ServerProcess, User
 

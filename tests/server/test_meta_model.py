@@ -13,8 +13,9 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
-from cloudfs_server import errors, meta_sqlite
-from cloudfs_server.meta_sqlite import SqliteMetadataStore
+from cloudfs_server import errors
+from cloudfs_server.engines import sqlite as meta_sqlite
+from cloudfs_server.engines.sqlite import SqliteMetadataStore
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule

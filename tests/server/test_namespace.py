@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 from aiohttp.test_utils import TestClient
-from cloudfs_server.app import META
+from cloudfs_server.http.app import META
 
 from tests.server.conftest import AppUser
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudfs.peers import FileSharing
-from cloudfs_server.devices_store import DeviceRecord, DeviceStore
+from cloudfs_server.devices.store import DeviceRecord, DeviceStore
 from cloudfs_server.errors import NotFoundError, TooLargeError
 
 log = logging.getLogger(__name__)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cloudfs_server.auth import new_token, token_digest
+from cloudfs_server.engines.meta import MetadataStore
 from cloudfs_server.errors import (
     BadRequestError,
     CursorExpiredError,
@@ -38,7 +39,6 @@ from cloudfs_server.errors import (
     QuotaExceededError,
     VersionConflictError,
 )
-from cloudfs_server.meta import MetadataStore
 from cloudfs_server.model import (
     DEFAULT_MODE,
     MODE_MASK,

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import blake3
 
-from cloudfs_server.blockstore import BlockStore, StagedBlock
+from cloudfs_server.engines.blockstore import BlockStore, StagedBlock
 from cloudfs_server.errors import HashMismatchError, NotFoundError, TooLargeError
 from cloudfs_server.model import BLOCK_ID_RE, validate_block_id
 

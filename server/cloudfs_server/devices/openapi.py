@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cloudfs_server.openapi import J, _err, _int_param, _json, _op, _resp
+from cloudfs_server.http.openapi import J, _err, _int_param, _json, _op, _resp
 
 DEVICE_ID = _int_param("device_id", "path", "device id inside the account (1, 2, …)")
 BLOCK_IDS = {

@@ -2,7 +2,7 @@
 
 Upload is two steps so the gc lock is held only briefly: `stage()` receives and verifies the body
 (no lock; a mismatch stores nothing), then `publish()` makes it durable under its id, called while
-holding the shared gc lock together with the metadata upsert. Engines: `blockstore_dir` (a local
+holding the shared gc lock together with the metadata upsert. Engines: `engines/dir.py` (a local
 directory); an S3-compatible engine can implement the same methods.
 """
 

@@ -609,7 +609,9 @@ def _paths() -> J:
 
 @functools.cache
 def document() -> J:
-    from cloudfs_server import devices_openapi  # device routes (issue 5); imports our helpers
+    from cloudfs_server.devices import (
+        openapi as devices_openapi,  # device routes (issue 5); imports our helpers
+    )
 
     return {
         "openapi": "3.1.0",

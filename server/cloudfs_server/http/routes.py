@@ -14,14 +14,14 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from cloudfs_server import openapi
-from cloudfs_server.app import BLOCKS, CONFIG, GC_LOCK, META, NOTIFIER, current_user
 from cloudfs_server.errors import (
     BadRequestError,
     NotFoundError,
     RangeNotSatisfiableError,
     TooLargeError,
 )
+from cloudfs_server.http import openapi
+from cloudfs_server.http.state import BLOCKS, CONFIG, GC_LOCK, META, NOTIFIER, current_user
 from cloudfs_server.model import (
     INT64_MAX,
     KINDS,

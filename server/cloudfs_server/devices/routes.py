@@ -1,6 +1,6 @@
 """HTTP routes of the device registry (`/v1/devices…`), its lease task, and `setup(app)`.
 
-Routes parse, call the `DeviceRegistry` (devices_registry.py), and answer; the registry keeps
+Routes parse, call the `DeviceRegistry` (devices/registry.py), and answer; the registry keeps
 one `FileSharing` per account (`cloudfs.peers`, the pure layer-0 structure shared with the
 client; tests/test_layers.py allows the server exactly such pure modules). The protocol is in
 docs/protocol.md ("Devices").
@@ -17,15 +17,16 @@ from typing import Any
 
 from aiohttp import web
 
-from cloudfs_server.app import CONFIG, current_user
-from cloudfs_server.devices_registry import (
+from cloudfs_server.devices.registry import (
     DEFAULT_LEASE_S,
     MAX_LEASE_S,
     MIN_LEASE_S,
     DeviceRegistry,
 )
-from cloudfs_server.devices_store import DeviceStore, SqliteDeviceStore
+from cloudfs_server.devices.store import DeviceStore, SqliteDeviceStore
 from cloudfs_server.errors import BadRequestError, NotFoundError, ServerError
+from cloudfs_server.http.routes import json_body, reject_unknown, require
+from cloudfs_server.http.state import CONFIG, current_user
 from cloudfs_server.model import (
     DEVICE_MAX_BYTES,
     INT64_MAX,
@@ -33,7 +34,6 @@ from cloudfs_server.model import (
     validate_device,
     validate_int,
 )
-from cloudfs_server.routes import json_body, reject_unknown, require
 
 log = logging.getLogger(__name__)
 

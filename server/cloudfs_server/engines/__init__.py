@@ -1,0 +1,1 @@
+"""Storage engines: the metadata and block store interfaces and their implementations."""

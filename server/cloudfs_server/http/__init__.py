@@ -1,0 +1,1 @@
+"""The HTTP side of the server: app factory, typed state, middleware, routes, OpenAPI."""

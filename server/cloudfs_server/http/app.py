@@ -1,0 +1,84 @@
+"""The aiohttp app factory: configuration, stores in cleanup_ctx, the purge task, middleware, and
+the route tables (http/routes.py, devices/routes.py).
+
+`create_app(config)` builds an app with its own stores; nothing is module-level state, so tests can
+run several apps side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from cloudfs_server.config import DAY_NS, MiB, ServerConfig, open_stores
+from cloudfs_server.devices import routes as device_routes
+from cloudfs_server.http import routes
+from cloudfs_server.http.middleware import auth_middleware, error_middleware
+from cloudfs_server.http.notify import ChangeNotifier
+from cloudfs_server.http.state import BLOCKS, CONFIG, GC_LOCK, META, NOTIFIER
+
+__all__ = ["DAY_NS", "MiB", "ServerConfig", "create_app", "open_stores"]
+
+log = logging.getLogger(__name__)
+
+
+async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    meta, blocks, gc_lock = open_stores(config)
+    await meta.open()
+    await blocks.open()
+    app[META], app[BLOCKS], app[GC_LOCK] = meta, blocks, gc_lock
+    try:
+        yield
+    finally:
+        await blocks.close()
+        await meta.close()
+
+
+async def _purge_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Purge history and trash past retention every `purge_interval_s` while serving."""
+    config = app[CONFIG]
+
+    async def purge_task() -> None:
+        delay = min(config.purge_interval_s, 10.0)  # once soon after start, then every interval
+        while True:
+            await asyncio.sleep(delay)
+            delay = config.purge_interval_s
+            try:
+                versions, trashed = await app[META].purge(int(config.retention_days * DAY_NS))
+            except Exception:  # a background task's boundary: log, keep serving, retry later
+                log.exception("purge failed; retrying in %g s", delay)
+                continue
+            if versions or trashed:
+                log.info("purged %d old versions and %d trashed nodes", versions, trashed)
+
+    task = asyncio.create_task(purge_task(), name="PurgeTask")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _wake_long_polls(app: web.Application) -> None:
+    await app[NOTIFIER].close()
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    app = web.Application(
+        client_max_size=config.json_max_bytes,
+        middlewares=[error_middleware, auth_middleware],
+    )
+    app[CONFIG] = config
+    app[NOTIFIER] = ChangeNotifier(config.max_long_polls)
+    app.cleanup_ctx.append(_stores_ctx)
+    app.cleanup_ctx.append(_purge_ctx)
+    app.on_shutdown.append(_wake_long_polls)
+    routes.setup(app)
+    device_routes.setup(app)  # /v1/devices… (issue 5): routes, registry, lease task
+    return app

@@ -1,0 +1,70 @@
+"""The error middleware (the one translator from our exceptions to status + JSON body) and the
+bearer-token middleware."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from cloudfs_server.auth import bearer_token
+from cloudfs_server.errors import ServerError, UnauthorizedError
+from cloudfs_server.http.state import CONFIG, META, USER
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own HTTP errors (unknown route, wrong method, body over client_max_size) → our codes.
+HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def error_json(status: int, body: dict[str, object]) -> web.Response:
+    return web.json_response(body, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one translator from exceptions to status + JSON body."""
+    try:
+        return await handler(request)
+    except ServerError as exc:
+        if exc.status == 500:
+            log.error("%s %s: %s", request.method, request.path, exc.message)
+        resp = error_json(exc.status, exc.body())
+        resp.headers.update(exc.headers())
+        return resp
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = HTTP_CODES.get(exc.status, "http_error")
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):
+            limit = request.app[CONFIG].json_max_bytes
+            message = f"request body is over the limit of {limit} bytes"
+        else:
+            message = exc.reason
+        return error_json(exc.status, {"error": code, "message": message})
+    except ConnectionResetError:
+        # The client went away (e.g. in the middle of a block body): nothing was stored and
+        # nobody reads this answer; keep the log free of a traceback.
+        log.info("%s %s: client disconnected", request.method, request.path)
+        return error_json(400, {"error": "bad_request", "message": "connection lost"})
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return error_json(500, {"error": "internal", "message": "internal server error"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every route under /v1 needs a valid bearer token; the user goes to request[USER]."""
+    if request.path.startswith("/v1/") or request.path == "/v1":
+        token = bearer_token(request.headers.get("Authorization"))
+        user = await request.app[META].authenticate(token)
+        if user is None:
+            raise UnauthorizedError("the token is not valid")
+        request[USER] = user
+    return await handler(request)
