@@ -28,7 +28,11 @@ class ServerConfig:
     metadata_threads: int = 4
     synchronous: str = "FULL"
     max_long_polls: int = 10_000  # held /v1/changes requests; beyond: "retry_after_s" (busy)
+    max_long_polls_per_user: int = 64  # the same, per user (one user cannot starve the others)
     busy_retry_s: float = 10.0  # the back-off suggested to idle subscribers when busy
+    # GET /metrics on the API address needs this admin token (or `sha256:<hex>` of it); None:
+    # not served there (`serve --metrics-address` serves it on its own address instead).
+    metrics_token: str | None = None
 
 
 def open_stores(config: ServerConfig) -> tuple[MetadataStore, BlockStore, GcLock]:

@@ -22,6 +22,8 @@ Tree (every class carries its protocol `code` and HTTP `status`; see docs/protoc
     ├── TooLargeError          413   body over the limit
     ├── RangeNotSatisfiableError 416 a block Range outside the block, malformed, or multi-part
     ├── QuotaExceededError     507   a commit would exceed the user's quota
+    ├── ServerFullError        507   the server's disk (block files or database) is full. A
+    │                                retry helps once an operator frees space.
     └── StoreCorruptError      500   the stores disagree with themselves (fsck needed)
 """
 
@@ -126,6 +128,12 @@ class RangeNotSatisfiableError(ServerError):
 
 class QuotaExceededError(ServerError):
     code, status = "quota_exceeded", 507
+
+
+class ServerFullError(ServerError):
+    """The server is out of disk space (ENOSPC/EDQUOT, SQLITE_FULL); not the user's quota."""
+
+    code, status = "server_full", 507
 
 
 class StoreCorruptError(ServerError):

@@ -22,6 +22,7 @@ retry can help (`temporary`). Boundaries translate into it once (HTTP client) an
     ├── CursorExpiredError          410 cursor_expired: rescan
     ├── TooLargeError               413 too_large (EFBIG)
     ├── QuotaExceededError          507 quota_exceeded, or local cache full of dirty data (ENOSPC)
+    │   └── ServerFullError         507 server_full: the server's disk is full (ENOSPC)
     ├── CorruptBlockError           a block failed BLAKE3 verification twice (EIO)
     ├── OperationNotPermittedError  hard links and other unsupported operations (EPERM)
     ├── NotSupportedError           an operation the drive does not implement (EOPNOTSUPP)
@@ -151,6 +152,11 @@ class QuotaExceededError(CloudfsError):
     """No space: the user's quota on the server, or local cache full of uncommitted data."""
 
     errno = _errno.ENOSPC
+
+
+class ServerFullError(QuotaExceededError):
+    """The server is out of disk space (not this user's quota). Dirty data stays pinned and a
+    later retry succeeds once the operator frees space."""
 
 
 class CorruptBlockError(CloudfsError):

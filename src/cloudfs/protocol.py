@@ -32,6 +32,7 @@ ERROR_CODES: dict[str, type[errors.CloudfsError]] = {
     "cursor_expired": errors.CursorExpiredError,
     "too_large": errors.TooLargeError,
     "quota_exceeded": errors.QuotaExceededError,
+    "server_full": errors.ServerFullError,
 }
 
 

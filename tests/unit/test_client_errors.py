@@ -26,6 +26,7 @@ PROTOCOL_ERRNO = {
     "invalid_move": (409, errno.EINVAL),
     "too_large": (413, errno.EFBIG),
     "quota_exceeded": (507, errno.ENOSPC),
+    "server_full": (507, errno.ENOSPC),
 }
 
 
@@ -35,6 +36,14 @@ def test_protocol_codes_map_to_the_documented_errno(code: str) -> None:
     exc = error_from_response(status, {"error": code, "message": "m"})
     assert isinstance(exc, errors.CloudfsError)
     assert fuse_errno(exc) == expected, f"{code}: got {fuse_errno(exc)}, want {expected}"
+
+
+def test_server_full_is_its_own_error_not_the_users_quota() -> None:
+    exc = error_from_response(507, {"error": "server_full", "message": "disk full"})
+    assert type(exc) is errors.ServerFullError, type(exc)
+    assert not exc.temporary and fuse_errno(exc) == errno.ENOSPC
+    quota = error_from_response(507, {"error": "quota_exceeded", "message": "m"})
+    assert not isinstance(quota, errors.ServerFullError)
 
 
 def test_special_codes_become_their_own_exceptions() -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fcntl
+import ipaddress
 import logging
 import os
 import signal
+import ssl
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,25 +31,91 @@ def lock_serving(data: Path) -> int:
     return fd
 
 
-async def serve(args: argparse.Namespace) -> int:
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name or "" (every address): not loopback
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server's TLS context from --tls-cert/--tls-key, or None for plain http.
+
+    Raises: CliError if only one is given, or they cannot be loaded; plain http on a
+    non-loopback address without --insecure-http."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise CliError("--tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        if not is_loopback(args.host) and not args.insecure_http:
+            raise CliError(
+                f"refusing plain http on {args.host!r}: tokens would cross the network in clear;"
+                " pass --tls-cert/--tls-key (or --insecure-http behind a TLS proxy)"
+            )
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot load the TLS certificate/key: {exc}") from exc
+    return ctx
+
+
+def metrics_token(args: argparse.Namespace) -> str | None:
+    if args.metrics_token_file is None:
+        return None
+    from cloudfs_server.http.metrics import load_token
+
+    try:
+        return load_token(Path(args.metrics_token_file))
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--metrics-token-file: {exc}") from exc
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError("expected HOST:PORT (port 0 picks a free one)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve(
+    args: argparse.Namespace, ssl_context: ssl.SSLContext | None, token: str | None
+) -> int:
     from aiohttp import web  # only `serve` needs the web stack (keeps other commands quick)
 
-    from cloudfs_server.http.app import create_app
+    from cloudfs_server.http.app import create_app, create_metrics_app
 
     config = ServerConfig(
         data_dir=Path(args.data),
         retention_days=args.retention_days,
         purge_interval_s=args.purge_interval,
         max_long_polls=args.max_long_polls,
+        max_long_polls_per_user=args.max_long_polls_per_user,
+        metrics_token=token,
     )
     app = create_app(config)
     runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"))
+    runners = [runner]
     await runner.setup()
     try:
-        site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=30.0)
+        site = web.TCPSite(
+            runner, args.host, args.port, shutdown_timeout=30.0, ssl_context=ssl_context
+        )
         await site.start()
         host, port = runner.addresses[0][:2]
-        print(f"cloudfs-server listening on http://{host}:{port}", flush=True)
+        scheme = "https" if ssl_context is not None else "http"
+        if args.metrics_address is not None:
+            metrics_runner = web.AppRunner(create_metrics_app(app), access_log=None)
+            runners.append(metrics_runner)
+            await metrics_runner.setup()
+            m_host, m_port = args.metrics_address
+            await web.TCPSite(metrics_runner, m_host, m_port).start()
+            m_host, m_port = metrics_runner.addresses[0][:2]
+            print(f"cloudfs-server metrics on http://{m_host}:{m_port}/metrics", flush=True)
+        print(f"cloudfs-server listening on {scheme}://{host}:{port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -54,7 +123,8 @@ async def serve(args: argparse.Namespace) -> int:
         await stop.wait()
         log.info("shutting down: finishing in-flight requests")
     finally:
-        await runner.cleanup()
+        for each in reversed(runners):
+            await each.cleanup()
     log.info("stopped")
     return 0
 
@@ -74,14 +144,46 @@ def add_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         "--max-long-polls",
         type=int,
         default=10_000,
-        help="held change-feed requests; beyond, idle clients are told to retry later",
+        help="held change-feed requests in all; beyond, idle clients are told to retry later",
+    )
+    p.add_argument(
+        "--max-long-polls-per-user",
+        type=int,
+        default=64,
+        help="held change-feed requests per user (so one user cannot delay the others)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="serve https: certificate chain (PEM)")
+    p.add_argument("--tls-key", metavar="FILE", help="serve https: private key (PEM)")
+    p.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow plain http on a non-loopback address (e.g. behind a TLS-terminating proxy)",
+    )
+    p.add_argument(
+        "--metrics-token-file",
+        metavar="FILE",
+        help="serve GET /metrics on the API address to this admin token (file mode 0600; the "
+        "token itself or sha256:<hex>)",
+    )
+    p.add_argument(
+        "--metrics-address",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="serve GET /metrics without auth on this separate address",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        ssl_context = tls_context(args)
+        token = metrics_token(args)
+    except CliError as exc:
+        # A refused configuration is a usage error: one line, exit status 2 (like argparse).
+        print(f"cloudfs-server serve: error: {exc}", file=sys.stderr)
+        return 2
     Path(args.data).mkdir(parents=True, exist_ok=True)
     serve_lock = lock_serving(Path(args.data))
     try:
-        return asyncio.run(serve(args))
+        return asyncio.run(serve(args, ssl_context, token))
     finally:
         os.close(serve_lock)

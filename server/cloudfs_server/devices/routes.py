@@ -24,7 +24,7 @@ from cloudfs_server.devices.registry import (
     DeviceRegistry,
 )
 from cloudfs_server.devices.store import DeviceStore, SqliteDeviceStore
-from cloudfs_server.errors import BadRequestError, NotFoundError, ServerError
+from cloudfs_server.errors import BadRequestError, NotFoundError, ServerError, ServerFullError
 from cloudfs_server.http.routes import json_body, reject_unknown, require
 from cloudfs_server.http.state import CONFIG, current_user
 from cloudfs_server.model import (
@@ -198,6 +198,8 @@ async def lease_task(registry: DeviceRegistry) -> None:
         await asyncio.sleep(min(SWEEP_MAX_S, max(0.01, delay)))
         try:
             await registry.expire()
+        except ServerFullError:  # no traceback per sweep; the request log says it (rate-limited)
+            log.info("expiring devices postponed: the server is out of space")
         except ServerError:  # the store failed: keep serving, try again on the next sweep
             log.exception("expiring devices failed")
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from cloudfs_server.errors import ServerError
+from cloudfs_server.engines.sqlite import is_sqlite_full
+from cloudfs_server.errors import ServerError, ServerFullError
 
 T = TypeVar("T")
 
@@ -114,6 +115,9 @@ class SqliteDeviceStore(DeviceStore):
                     with self._conn:  # one transaction: commit, or roll back on an exception
                         return fn(self._conn)
                 except sqlite3.Error as exc:
+                    if is_sqlite_full(exc):
+                        message = f"device store {self.path.name} is out of space"
+                        raise ServerFullError(message) from exc
                     raise DeviceStoreError(f"device store {self.path}: {exc}") from exc
 
         return await asyncio.to_thread(call)

@@ -1,13 +1,15 @@
 """The embedded block engine: one file per block at `DATA/blocks/ab/cd/<64 hex>`.
 
 Staging files live in `DATA/tmp/` (same filesystem, so publishing is one atomic rename). A block
-file is written to a temp file, fsynced, renamed into place, and its directory fsynced: after
-`publish()` returns, the block survives a crash. All file I/O runs in worker threads.
+file is written to a temp file, fsynced, renamed into place (over an existing copy too), and its
+directory fsynced: after `publish()` returns, the block survives a crash. All file I/O runs in
+worker threads; ENOSPC/EDQUOT become `ServerFullError`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import os
 import secrets
@@ -19,7 +21,12 @@ from typing import Any, TypeVar
 import blake3
 
 from cloudfs_server.engines.blockstore import BlockStore, StagedBlock
-from cloudfs_server.errors import HashMismatchError, NotFoundError, TooLargeError
+from cloudfs_server.errors import (
+    HashMismatchError,
+    NotFoundError,
+    ServerFullError,
+    TooLargeError,
+)
 from cloudfs_server.model import BLOCK_ID_RE, validate_block_id
 
 T = TypeVar("T")
@@ -27,6 +34,8 @@ T = TypeVar("T")
 # Received bytes are hashed and written in batches of this size (one worker-thread hop each).
 FLUSH_BYTES = 1 << 20
 VERIFY_CHUNK = 1 << 20
+# The filesystem under the data directory is full (or its quota is): answer 507 server_full.
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _write_all(fd: int, chunks: list[bytes]) -> None:
@@ -52,8 +61,14 @@ class DirBlockStore(BlockStore):
         self.corrupt_dir = Path(data_dir) / "corrupt"
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run file I/O in a worker thread. A full disk becomes `ServerFullError` (507)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, functools.partial(fn, *args))
+        try:
+            return await loop.run_in_executor(None, functools.partial(fn, *args))
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise ServerFullError(f"the block store is out of space: {exc.strerror}") from exc
+            raise
 
     def path_of(self, block_id: str) -> Path:
         """The block's file. The id is re-validated: nothing else can reach outside blocks/."""
@@ -143,24 +158,35 @@ class DirBlockStore(BlockStore):
             raise
         return staged
 
+    @staticmethod
+    def _holds(path: Path, chunks: list[bytes]) -> bool:
+        """Whether the file holds exactly the bytes of `chunks` (compared, not just sized)."""
+        try:
+            with open(path, "rb") as f:
+                for chunk in chunks:
+                    if f.read(len(chunk)) != chunk:
+                        return False
+                return f.read(1) == b""
+        except FileNotFoundError:
+            return False
+
     def _publish(self, staged: StagedBlock) -> None:
         final = self.path_of(staged.block_id)
-        try:
-            intact = final.stat().st_size == staged.size
-        except FileNotFoundError:
-            intact = False
-        if intact:
-            if staged.temp_path is not None:
-                staged.temp_path.unlink(missing_ok=True)
-            return
-        # Missing (gc removed it after stage() looked) or damaged (wrong size): write it anew.
         if staged.temp_path is None:
+            # The uploader's own block, body in memory: keep the file if it holds exactly these
+            # bytes. Missing (gc removed it after stage() looked) or damaged (even with the
+            # right size): write it anew from the verified body.
+            if self._holds(final, staged.chunks):
+                return
             staged.temp_path, fd = self._new_temp()
             try:
                 _write_all(fd, staged.chunks)
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        # Always rename over and fsync the directory, whether or not the file exists: storing
+        # content someone else stored costs the same as new content (no timing side channel),
+        # and a damaged file is replaced by the verified bytes just received.
         if not final.parent.is_dir():
             final.parent.mkdir(parents=True, exist_ok=True)
             _fsync_dir(final.parent.parent)

@@ -11,6 +11,7 @@ lock and `busy_timeout`. The schema is documented column by column in docs/serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -19,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from cloudfs_server.errors import (
     NotEmptyError,
     NotFoundError,
     QuotaExceededError,
+    ServerFullError,
     VersionConflictError,
 )
 from cloudfs_server.model import (
@@ -190,6 +192,25 @@ PURGE_BATCH = 1000
 GROUP_MAX = 64
 
 
+def is_sqlite_full(exc: BaseException) -> bool:
+    """SQLite's "database or disk is full" (SQLITE_FULL, also as an extended code)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(exc, sqlite3.Error) or code is None:
+        return False
+    return bool(code & 0xFF == sqlite3.SQLITE_FULL)
+
+
+@contextlib.contextmanager
+def _full_as_server_full(path: Path) -> Iterator[None]:
+    """The engine boundary for a full disk: SQLITE_FULL becomes `ServerFullError` (507)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        if is_sqlite_full(exc):
+            raise ServerFullError(f"the metadata database {path.name} is out of space") from exc
+        raise
+
+
 class _WriteItem:
     __slots__ = ("args", "durable", "fn", "future")
 
@@ -297,7 +318,8 @@ class SqliteMetadataStore(MetadataStore):
         except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            log.error("metadata transaction of %d writes failed: %s", len(group), exc)
+            if not is_sqlite_full(exc):  # a full disk is logged (rate-limited) by the middleware
+                log.error("metadata transaction of %d writes failed: %s", len(group), exc)
             for item in group:
                 item.future.set_exception(exc)
             return
@@ -323,13 +345,15 @@ class SqliteMetadataStore(MetadataStore):
             raise RuntimeError("the metadata store is not open")
         future: Future[T] = Future()
         self._writes.put(_WriteItem(fn, args, durable, future))
-        return await asyncio.wrap_future(future)
+        with _full_as_server_full(self.path):
+            return await asyncio.wrap_future(future)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(self._read_sync, fn, *args)
-        )
+        with _full_as_server_full(self.path):
+            return await loop.run_in_executor(
+                self._executor, functools.partial(self._read_sync, fn, *args)
+            )
 
     # ---- lifecycle -----------------------------------------------------------------------
     def _open_sync(self) -> None:

@@ -17,9 +17,24 @@ from aiohttp import web
 from cloudfs_server.config import DAY_NS, MiB, ServerConfig, open_stores
 from cloudfs_server.devices import routes as device_routes
 from cloudfs_server.http import routes
+from cloudfs_server.http.metrics import (
+    Metrics,
+    WarningLimiter,
+    count_sent_bytes,
+    metrics_handler,
+    metrics_middleware,
+)
 from cloudfs_server.http.middleware import auth_middleware, error_middleware
 from cloudfs_server.http.notify import ChangeNotifier
-from cloudfs_server.http.state import BLOCKS, CONFIG, GC_LOCK, META, NOTIFIER
+from cloudfs_server.http.state import (
+    BLOCKS,
+    CONFIG,
+    FULL_WARNING,
+    GC_LOCK,
+    META,
+    METRICS,
+    NOTIFIER,
+)
 
 __all__ = ["DAY_NS", "MiB", "ServerConfig", "create_app", "open_stores"]
 
@@ -70,15 +85,31 @@ async def _wake_long_polls(app: web.Application) -> None:
 
 
 def create_app(config: ServerConfig) -> web.Application:
+    notifier = ChangeNotifier(config.max_long_polls, config.max_long_polls_per_user)
+    metrics = Metrics(notifier)
     app = web.Application(
         client_max_size=config.json_max_bytes,
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[metrics_middleware(metrics), error_middleware, auth_middleware],
     )
     app[CONFIG] = config
-    app[NOTIFIER] = ChangeNotifier(config.max_long_polls)
+    app[NOTIFIER] = notifier
+    app[METRICS] = metrics
+    app[FULL_WARNING] = WarningLimiter()
     app.cleanup_ctx.append(_stores_ctx)
     app.cleanup_ctx.append(_purge_ctx)
     app.on_shutdown.append(_wake_long_polls)
+    app.on_response_prepare.append(count_sent_bytes(metrics))
     routes.setup(app)
     device_routes.setup(app)  # /v1/devices… (issue 5): routes, registry, lease task
+    token = config.metrics_token
+    handler = metrics_handler(metrics, token, token is not None)
+    app.router.add_get("/metrics", handler, name="metrics", allow_head=False)
     return app
+
+
+def create_metrics_app(app: web.Application) -> web.Application:
+    """A second app serving only `/metrics` of `app`, without auth (`serve --metrics-address`:
+    bind it where only the monitoring system reaches)."""
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics_handler(app[METRICS], None), name="metrics")
+    return metrics_app

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from cloudfs_server.auth import bearer_token
-from cloudfs_server.errors import ServerError, UnauthorizedError
-from cloudfs_server.http.state import CONFIG, META, USER
+from cloudfs_server.errors import ServerError, ServerFullError, UnauthorizedError
+from cloudfs_server.http.metrics import ERROR_CODE
+from cloudfs_server.http.state import CONFIG, FULL_WARNING, META, USER
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,18 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ServerError as exc:
-        if exc.status == 500:
+        request[ERROR_CODE] = exc.code
+        if isinstance(exc, ServerFullError):
+            limiter = request.app[FULL_WARNING]
+            if limiter.allow():  # one line a minute, not a traceback per request
+                log.warning(
+                    "out of space (%s); answering 507 server_full until space is freed"
+                    " (%d more since the last warning)",
+                    exc.message,
+                    limiter.suppressed,
+                )
+                limiter.suppressed = 0
+        elif exc.status == 500:
             log.error("%s %s: %s", request.method, request.path, exc.message)
         resp = error_json(exc.status, exc.body())
         resp.headers.update(exc.headers())
@@ -40,6 +52,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         code = HTTP_CODES.get(exc.status, "http_error")
+        request[ERROR_CODE] = code
         if isinstance(exc, web.HTTPRequestEntityTooLarge):
             limit = request.app[CONFIG].json_max_bytes
             message = f"request body is over the limit of {limit} bytes"
@@ -54,6 +67,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except asyncio.CancelledError:
         raise
     except Exception:
+        request[ERROR_CODE] = "internal"
         log.exception("unexpected error in %s %s", request.method, request.path)
         return error_json(500, {"error": "internal", "message": "internal server error"})
 

@@ -11,19 +11,23 @@ class ChangeNotifier:
 
     Each waiting request holds a future in its user's set; a change resolves only that user's
     futures, so the cost of a change does not grow with the number of other users' long-polls.
+    Held long-polls are limited per user (`max_per_user`) and in all (`max_waiting`), so one
+    user holding many cannot delay the live feed of the others.
     """
 
-    def __init__(self, max_waiting: int = 10_000) -> None:
+    def __init__(self, max_waiting: int = 10_000, max_per_user: int = 64) -> None:
         self._generation: dict[int, int] = {}
         self._waiters: dict[int, set[asyncio.Future[None]]] = {}
         self.closing = False
         self.max_waiting = max_waiting
+        self.max_per_user = max_per_user
         self.waiting = 0  # long-polls held right now (all users)
 
-    @property
-    def busy(self) -> bool:
-        """Too many long-polls are held: idle subscribers should come back later."""
-        return self.waiting >= self.max_waiting
+    def busy(self, user_id: int) -> bool:
+        """Too many long-polls are held (by this user, or in all): the user's idle subscriber
+        should come back later."""
+        held = len(self._waiters.get(user_id, ()))
+        return held >= self.max_per_user or self.waiting >= self.max_waiting
 
     def generation(self, user_id: int) -> int:
         return self._generation.get(user_id, 0)

@@ -174,6 +174,23 @@ def _paths() -> J:
                 "healthz", "liveness, no auth", {"200": _resp("ok", {"type": "object"})}, auth=False
             )
         },
+        "/metrics": {
+            "get": {
+                **_op(
+                    "metrics",
+                    "Prometheus text format; needs the admin token of --metrics-token-file"
+                    " (or served without auth on --metrics-address instead)",
+                    {
+                        "200": {
+                            "description": "metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        "404": _err("not_found"),
+                    },
+                ),
+                "security": [{"metricsToken": []}],
+            }
+        },
         "/v1/openapi.json": {
             "get": _op("openapi", "this document", {"200": _resp("OpenAPI 3", {"type": "object"})})
         },
@@ -622,7 +639,10 @@ def document() -> J:
         },
         "components": {
             "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "metricsToken": {"type": "http", "scheme": "bearer"},
+            },
         },
         "security": [{"bearer": []}],
         "paths": {**_paths(), **devices_openapi.paths()},

@@ -441,7 +441,7 @@ async def changes(request: web.Request) -> web.Response:
     page = await meta.changes(user.user_id, cursor, limit)
     busy_s = None
     if cursor is not None and not page.changes and wait_s > 0:
-        if notifier.busy:  # do not hold another request: suggest a back-off with jitter
+        if notifier.busy(user.user_id):  # hold no more: suggest a back-off with jitter
             busy_s = round(request.app[CONFIG].busy_retry_s * random.uniform(0.5, 1.0), 3)
         else:
             await notifier.wait(user.user_id, seen, wait_s)

@@ -14,6 +14,7 @@ from cloudfs_server.config import ServerConfig
 from cloudfs_server.engines.blockstore import BlockStore
 from cloudfs_server.engines.gclock import GcLock
 from cloudfs_server.engines.meta import MetadataStore
+from cloudfs_server.http.metrics import Metrics, WarningLimiter
 from cloudfs_server.http.notify import ChangeNotifier
 from cloudfs_server.model import UserInfo
 
@@ -22,6 +23,8 @@ META = web.AppKey("meta", MetadataStore)
 BLOCKS = web.AppKey("blocks", BlockStore)
 GC_LOCK = web.AppKey("gc_lock", GcLock)
 NOTIFIER = web.AppKey("notifier", ChangeNotifier)
+METRICS = web.AppKey("metrics", Metrics)
+FULL_WARNING = web.AppKey("full_warning", WarningLimiter)  # "out of space": once a minute
 # The authenticated user. web.RequestKey exists from aiohttp 3.14; older versions take a str key.
 USER: Any = (
     web.RequestKey("cloudfs_user", UserInfo) if hasattr(web, "RequestKey") else "cloudfs_user"
