@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-LISTEN_RE = re.compile(r"listening on (http://[0-9.]+:\d+)")
+LISTEN_RE = re.compile(r"listening on (https?://[0-9.]+:\d+)")
+METRICS_RE = re.compile(r"metrics on (http://[0-9.]+:\d+/metrics)")
 
 
 def server_cmd(*args: str) -> list[str]:
@@ -42,6 +44,8 @@ class ServerProcess:
         self.extra_args = extra_args
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
+        self.metrics_url = ""  # with `--metrics-address`
+        self.ssl_context: ssl.SSLContext | None = None  # trusts the server's TLS certificate
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
 
     def start(self, timeout_s: float = 20.0) -> ServerProcess:
@@ -68,6 +72,8 @@ class ServerProcess:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"server exited early, see {self.log_path}")
+            if m := METRICS_RE.search(line):
+                self.metrics_url = m.group(1)
             m = LISTEN_RE.search(line)
             if m:
                 self.url = m.group(1)
@@ -123,7 +129,7 @@ class ServerProcess:
             hdrs["Content-Type"] = "application/json"
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=hdrs)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=30, context=self.ssl_context) as resp:
                 status, raw, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
         except urllib.error.HTTPError as exc:
             status, raw, ctype = exc.code, exc.read(), exc.headers.get("Content-Type", "")

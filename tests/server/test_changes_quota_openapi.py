@@ -164,3 +164,37 @@ async def test_busy_server_answers_idle_polls_at_once_with_a_back_off(
     await user.mkdir(info.root, "x")
     status, body = await asyncio.wait_for(held, 5)
     assert [c["name"] for c in body["changes"]] == ["x"] and "retry_after_s" not in body
+
+
+async def test_one_user_holding_their_long_polls_does_not_delay_another_users_feed(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path
+) -> None:
+    config = ServerConfig(
+        data_dir=tmp_path, synchronous="NORMAL", max_long_polls=10, max_long_polls_per_user=3
+    )
+    app = create_app(config)
+    client = await aiohttp_client(app)
+    users = []
+    for name in ("ann", "ben"):
+        info, token = await app[META].create_user(name, None)
+        users.append(AppUser(client, token, info.root))
+    ann, ben = users
+    # ann opens as many long-polls as the whole server allows: only her share is held.
+    held = [asyncio.create_task(ann.call("GET", "/v1/changes?cursor=0&wait=30")) for _ in range(10)]
+    await asyncio.sleep(0.5)
+    answered = [t for t in held if t.done()]
+    assert len(answered) == 7, f"{len(answered)} of ann's 10 polls answered at once, want 7"
+    assert all(t.result()[1]["retry_after_s"] > 0 for t in answered)
+    # ben's long-poll is held (not told to back off) and sees his change at once.
+    ben_poll = asyncio.create_task(ben.call("GET", "/v1/changes?cursor=0&wait=30"))
+    await asyncio.sleep(0.2)
+    assert not ben_poll.done(), ben_poll.result()
+    started = time.monotonic()
+    await ben.mkdir(ben.root, "live")
+    status, body = await asyncio.wait_for(ben_poll, 5)
+    assert status == 200 and [c["name"] for c in body["changes"]] == ["live"], body
+    assert "retry_after_s" not in body and time.monotonic() - started < 2
+    await ann.mkdir(ann.root, "x")  # releases ann's held polls
+    for task in held:
+        status, body = await asyncio.wait_for(task, 5)
+        assert status == 200, body

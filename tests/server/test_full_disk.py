@@ -40,7 +40,9 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
 async def full_client(
     aiohttp_client: Callable[..., Awaitable[TestClient]], small_fs: Path
 ) -> TestClient:
-    app = create_app(ServerConfig(data_dir=small_fs / "data", synchronous="NORMAL"))
+    app = create_app(
+        ServerConfig(data_dir=small_fs / "data", synchronous="NORMAL", metrics_token="adm")
+    )
     return await aiohttp_client(app)
 
 
@@ -119,5 +121,7 @@ async def test_full_disk_answers_507_server_full_and_recovers(
     assert status == 201, body
     status, body = await heartbeat(0)
     assert status == 200, body
-    status, body = await ann.call("GET", "/metrics")
-    assert status == 404  # no token configured: not served on the API address
+    async with full_client.get("/metrics", headers={"Authorization": "Bearer adm"}) as resp:
+        text = await resp.text()
+    refused = [line for line in text.splitlines() if line.startswith("cloudfs_store_errors_total{")]
+    assert refused == ['cloudfs_store_errors_total{code="server_full"} 23.0'], refused
