@@ -154,3 +154,39 @@ def fuse_available() -> bool:
         os.access(os.path.join(p, "fusermount3"), os.X_OK)
         for p in os.environ.get("PATH", "").split(os.pathsep)
     )
+
+
+@dataclass
+class TlsFiles:
+    """Throw-away TLS material (trustme): a CA and a certificate for 127.0.0.1/localhost."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+    def serve_args(self) -> tuple[str, ...]:
+        return ("--tls-cert", str(self.cert_file), "--tls-key", str(self.key_file))
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca_file))
+    cert.private_key_pem.write_to_path(str(files.key_file))
+    with open(files.cert_file, "wb") as f:
+        for blob in cert.cert_chain_pems:
+            f.write(blob.bytes())
+    return files
+
+
+def start_tls_server(data_dir: Path, tls: TlsFiles, *extra: str) -> ServerProcess:
+    srv = ServerProcess(data_dir, *tls.serve_args(), *extra)
+    srv.ssl_context = tls.client_context()
+    return srv.start()

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -43,11 +45,23 @@ class RawResponse:
 T = TypeVar("T")
 
 
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verifies server certificates (and host names) against `ca_file`, or the system CAs.
+
+    Raises: TlsError if the CA file cannot be read."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise errors.TlsError(f"cannot load the CA file {ca_file}: {exc}") from exc
+
+
 class ApiClient:
     """Talks to one server as one user and device.
 
     `retry_budget_s` bounds how long one call keeps retrying temporary failures (connection
-    refused, timeouts, 5xx); after it, `TemporaryError` is raised.
+    refused, timeouts, 5xx); after it, `TemporaryError` is raised. An https server's
+    certificate is checked against the system CAs, or only `ca_file` (default: the
+    CLOUDFS_CA_FILE environment variable) when given.
     """
 
     def __init__(
@@ -58,19 +72,24 @@ class ApiClient:
         retry_budget_s: float = 8.0,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 60.0,
+        ca_file: str | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.device = device
         self.retry_budget_s = retry_budget_s
+        self.ssl_context = tls_context(ca_file or os.environ.get("CLOUDFS_CA_FILE") or None)
         self._client = httpx.AsyncClient(
             base_url=self.server,
             headers={"Authorization": f"Bearer {token}", "X-Cloudfs-Device": device},
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
+            verify=self.ssl_context,
         )
-        # bulk downloads bypass httpx (its body reading caps throughput); docs/client.md
+        # Requests bypass httpx (its body reading caps throughput), over TLS too; docs/client.md
         self._raw = RawFetcher.for_server(
-            self.server, {"Authorization": f"Bearer {token}", "X-Cloudfs-Device": device}
+            self.server,
+            {"Authorization": f"Bearer {token}", "X-Cloudfs-Device": device},
+            self.ssl_context,
         )
         self.bytes_downloaded = 0
         self.bytes_uploaded = 0

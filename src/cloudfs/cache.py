@@ -60,7 +60,7 @@ class LocalCache:
 
     def __init__(self, path: Path, limit_bytes: int) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.limit_bytes = limit_bytes
         map_size = max(limit_bytes + limit_bytes // 2 + (512 << 20), 1 << 30)
         self.env = lmdb.open(
@@ -73,6 +73,7 @@ class LocalCache:
             readahead=True,
             max_readers=256,
             lock=True,
+            mode=0o600,  # data.mdb holds the drive's content: private to its user
         )
         self.blocks = self.env.open_db(b"blocks")
         self.binfo = self.env.open_db(b"binfo")

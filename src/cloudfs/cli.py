@@ -78,11 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     registry.add_parsers(sub)  # devices, holders (issue 5)
     history.add_parsers(sub)  # versions, restore, trash, undelete
+    for command in sub.choices.values():
+        command.add_argument(
+            "--ca-file",
+            help="trust only this CA (PEM) for an https server (default: CLOUDFS_CA_FILE, "
+            "else the system CAs)",
+        )
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.ca_file:
+        # Every ApiClient of this process (and a background mount's child) reads it from here.
+        os.environ["CLOUDFS_CA_FILE"] = os.path.abspath(args.ca_file)
     try:
         if args.command == "mount":
             return cmd_mount(args)
@@ -173,8 +182,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         if opts.cache_dir
         else config.default_cache_dir(opts.server, str(me.get("user", "user")))
     )
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(cache_dir, 0o700)  # private to its user, like everything in it
     log_path = cache_dir / "mount.log"
+    os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     argv = [
         sys.executable,
         "-m",

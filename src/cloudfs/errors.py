@@ -26,6 +26,7 @@ retry can help (`temporary`). Boundaries translate into it once (HTTP client) an
     ├── CorruptBlockError           a block failed BLAKE3 verification twice (EIO)
     ├── OperationNotPermittedError  hard links and other unsupported operations (EPERM)
     ├── NotSupportedError           an operation the drive does not implement (EOPNOTSUPP)
+    ├── TlsError                    the server's TLS certificate is not trusted / TLS failed (EIO)
     └── ProtocolError               the server answered something the protocol does not allow (EIO)
 """
 
@@ -175,6 +176,11 @@ class NotSupportedError(CloudfsError):
     """The drive does not implement this operation (e.g. RENAME_EXCHANGE, device nodes)."""
 
     errno = _errno.EOPNOTSUPP
+
+
+class TlsError(CloudfsError):
+    """TLS with the server failed: its certificate is not trusted (wrong CA, name or expired;
+    see --ca-file) or the handshake broke off. Retrying does not help."""
 
 
 class ProtocolError(CloudfsError):

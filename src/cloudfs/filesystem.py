@@ -119,7 +119,7 @@ class FileSystem:
         self.blocks = BlockStore(cache, api, nursery)
         self.table = InodeTable(root_id)
         self.staging_dir = Path(staging_dir)
-        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._locks = KeyedLock()
         self._files: dict[int, FileState] = {}  # by ino
         self._handles: dict[int, Handle] = {}

@@ -86,6 +86,9 @@ async def connect(opts: MountOptions) -> tuple[ApiClient, dict[str, Any]]:
     except errors.TemporaryError as exc:
         await api.aclose()
         raise MountError(f"server {opts.server} is unreachable: {exc}") from exc
+    except errors.TlsError as exc:
+        await api.aclose()
+        raise MountError(str(exc)) from exc
     except errors.CloudfsError as exc:
         await api.aclose()
         raise MountError(
@@ -109,7 +112,8 @@ def resolve_cache_dir(opts: MountOptions, user: str) -> Path:
 
 
 def lock_cache_dir(cache_dir: Path) -> int:
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(cache_dir, 0o700)  # the drive's content is in here: private to its user
     fd = os.open(cache_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,6 +129,7 @@ def setup_logging(cache_dir: Path, to_stderr: bool) -> Path:
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("CLOUDFS_DAEMON") != "1":
+        os.close(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         fh = logging.FileHandler(log_path)
         fh.setFormatter(fmt)
         root.addHandler(fh)

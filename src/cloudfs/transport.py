@@ -1,16 +1,17 @@
-"""Bulk block downloads over plain HTTP/1.1 on trio sockets (layer 1).
+"""Requests over HTTP/1.1 keep-alive connections on trio streams, plain or TLS (layer 1).
 
 httpx on trio reads bodies at about 0.3 GB/s here; reading a Content-Length body with
-`recv_into` into one preallocated buffer runs several times faster. This module only does
-`GET` of a path with a known-length body on keep-alive connections; everything else (JSON,
-uploads, https) stays with httpx. Transport failures raise `TemporaryError`; HTTP errors are
-translated with `protocol.error_from_response`.
+`recv_into` into one preallocated buffer runs several times faster. https runs over
+`trio.SSLStream` (SNI and hostname check, the caller's CA context), so it is not the slow path.
+Answers without Content-Length stay with httpx. Transport failures raise `TemporaryError`, an
+untrusted certificate `TlsError`; HTTP errors are translated with `protocol.error_from_response`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from urllib.parse import urlsplit
 
@@ -38,25 +39,40 @@ class UnsupportedResponse(Exception):
     """The answer has no Content-Length (or another shape this fetcher does not read)."""
 
 
-class RawFetcher:
-    """GETs with keep-alive connections to one plain-http server. At most `max_idle` idle
-    connections are kept; concurrency is bounded by the callers (the block store's limiter)."""
+Stream = trio.SocketStream | trio.SSLStream[trio.SocketStream]
 
-    def __init__(self, server: str, headers: dict[str, str], max_idle: int = 16) -> None:
+
+class RawFetcher:
+    """Requests with keep-alive connections to one http:// or https:// server. At most
+    `max_idle` idle connections are kept; concurrency is bounded by the callers (the block
+    store's limiter). https needs `ssl_context` (it decides which CAs are trusted)."""
+
+    def __init__(
+        self,
+        server: str,
+        headers: dict[str, str],
+        max_idle: int = 16,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         parts = urlsplit(server)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"raw fetcher needs an http:// URL, not {server!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"raw fetcher needs an http:// or https:// URL, not {server!r}")
+        if parts.scheme == "https" and ssl_context is None:
+            raise ValueError("an https:// server needs an SSL context")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        self.ssl_context = ssl_context if parts.scheme == "https" else None
+        self.port = parts.port or (443 if self.ssl_context is not None else 80)
         self.prefix = parts.path.rstrip("/")
         self._headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._idle: list[tuple[trio.SocketStream, float]] = []
+        self._idle: list[tuple[Stream, float]] = []
         self.max_idle = max_idle
 
     @classmethod
-    def for_server(cls, server: str, headers: dict[str, str]) -> RawFetcher | None:
+    def for_server(
+        cls, server: str, headers: dict[str, str], ssl_context: ssl.SSLContext | None = None
+    ) -> RawFetcher | None:
         try:
-            return cls(server, headers)
+            return cls(server, headers, ssl_context=ssl_context)
         except ValueError:
             return None
 
@@ -124,7 +140,7 @@ class RawFetcher:
             return status, answer
         raise errors.TemporaryError(f"{method} {path}: connection failed twice")
 
-    async def _checkout(self) -> tuple[trio.SocketStream, bool]:
+    async def _checkout(self) -> tuple[Stream, bool]:
         now = time.monotonic()
         while self._idle:
             stream, since = self._idle.pop()
@@ -133,14 +149,43 @@ class RawFetcher:
             await stream.aclose()
         return await self._connect(), False
 
-    async def _connect(self) -> trio.SocketStream:
+    async def _connect(self) -> Stream:
         try:
-            return await trio.open_tcp_stream(self.host, self.port)
+            tcp = await trio.open_tcp_stream(self.host, self.port)
         except OSError as exc:
             raise errors.TemporaryError(f"cannot reach {self.host}:{self.port}: {exc}") from exc
+        if self.ssl_context is None:
+            return tcp
+        tls = trio.SSLStream(
+            tcp, self.ssl_context, server_hostname=self.host, https_compatible=True
+        )
+        try:
+            with trio.fail_after(REQUEST_TIMEOUT_S):
+                await tls.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await tcp.aclose()
+            cause = exc.__cause__
+            if isinstance(cause, ssl.SSLCertVerificationError):
+                raise errors.TlsError(
+                    f"the TLS certificate of {self.host}:{self.port} is not trusted"
+                    f" ({cause.verify_message}); pass --ca-file FILE or set CLOUDFS_CA_FILE"
+                ) from exc
+            if isinstance(cause, ssl.SSLError):
+                raise errors.TlsError(f"TLS with {self.host}:{self.port} failed: {cause}") from exc
+            where = f"{self.host}:{self.port}"
+            raise errors.TemporaryError(f"TLS handshake with {where}: {exc!r}") from exc
+        except trio.TooSlowError as exc:
+            await tcp.aclose()
+            raise errors.TemporaryError(
+                f"TLS handshake with {self.host}:{self.port}: timeout"
+            ) from exc
+        except BaseException:
+            await tcp.aclose()
+            raise
+        return tls
 
     async def _exchange(
-        self, stream: trio.SocketStream, request: bytes, payload: bytes | None = None
+        self, stream: Stream, request: bytes, payload: bytes | None = None
     ) -> tuple[int, bytearray, bool]:
         head = bytearray()
         try:
@@ -182,12 +227,20 @@ class RawFetcher:
         rest = head[end + 4 :]
         have = min(len(rest), length)
         view[:have] = rest[:have]
-        sock = stream.socket
-        while have < length:
-            n = await sock.recv_into(view[have:], length - have)
-            if n == 0:
-                raise trio.BrokenResourceError("connection closed inside the body")
-            have += n
+        if isinstance(stream, trio.SocketStream):
+            sock = stream.socket
+            while have < length:
+                n = await sock.recv_into(view[have:], length - have)
+                if n == 0:
+                    raise trio.BrokenResourceError("connection closed inside the body")
+                have += n
+        else:  # TLS: decrypted records come as bytes; copy them into the buffer
+            while have < length:
+                data = await stream.receive_some(min(length - have, 1 << 20))
+                if not data:
+                    raise trio.BrokenResourceError("connection closed inside the body")
+                view[have : have + len(data)] = data
+                have += len(data)
         keep = fields.get("connection", "").lower() != "close"
         return status, body, keep
 
