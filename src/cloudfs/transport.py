@@ -157,7 +157,10 @@ class RawFetcher:
         if self.ssl_context is None:
             return tcp
         tls = trio.SSLStream(
-            tcp, self.ssl_context, server_hostname=self.host, https_compatible=True
+            tcp,
+            self.ssl_context,
+            server_hostname=self.host,
+            https_compatible=True,
         )
         try:
             with trio.fail_after(REQUEST_TIMEOUT_S):

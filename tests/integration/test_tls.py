@@ -40,6 +40,16 @@ def test_serve_over_tls_answers_https(tls_server: ServerProcess) -> None:
     user = tls_server.add_user("ann")
     status, me = tls_server.request("GET", "/v1/me", user)
     assert status == 200 and me["user"] == "ann", me
+    # Blocks over TLS are sent from memory (no sendfile): whole (200) and ranged (206).
+    data = os.urandom(300_000)
+    block_id = block_id_of(data)
+    status, body = tls_server.request("PUT", f"/v1/blocks/{block_id}", user, data=data)
+    assert status == 201, body
+    assert tls_server.request("GET", f"/v1/blocks/{block_id}", user) == (200, data)
+    status, part = tls_server.request(
+        "GET", f"/v1/blocks/{block_id}", user, headers={"Range": "bytes=1000-1999"}
+    )
+    assert (status, part) == (206, data[1000:2000])
 
 
 def test_serve_refuses_plain_http_off_loopback_unless_insecure_http(tmp_path: Path) -> None:

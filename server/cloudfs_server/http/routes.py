@@ -192,7 +192,9 @@ async def get_block(request: web.Request) -> web.StreamResponse:
         raise RangeNotSatisfiableError(
             "Range must be one 'bytes=a-b', 'bytes=a-' or 'bytes=-n' range", size=size
         ) from None
-    if rng != slice(None):
+    # aiohttp answers slice(None, None, 1) without a Range header (not equal to slice(None)).
+    ranged = rng.start is not None or rng.stop is not None
+    if ranged:
         start, stop, _ = rng.indices(size)
         if stop <= start:
             raise RangeNotSatisfiableError(
@@ -200,13 +202,15 @@ async def get_block(request: web.Request) -> web.StreamResponse:
                 size=size,
             )
     blocks = request.app[BLOCKS]
-    path = await blocks.local_path(block_id)
+    # Over TLS sendfile(2) cannot be used and asyncio's fallback copies in 256 KiB steps (27 vs
+    # 80 MB/s here for 1 MiB blocks): send the block from memory instead (at most 16 MiB).
+    path = None if request.secure else await blocks.local_path(block_id)
     if path is not None:
         # sendfile(2), Range → 206, If-None-Match; block files never change.
         return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: OCTET})
-    start, stop, _ = rng.indices(size) if rng != slice(None) else (0, size, 1)
+    start, stop, _ = rng.indices(size) if ranged else (0, size, 1)
     data = await blocks.read(block_id, start, max(0, stop - start))
-    status = 206 if rng != slice(None) else 200
+    status = 206 if ranged else 200
     headers = {hdrs.CONTENT_TYPE: OCTET, hdrs.ACCEPT_RANGES: "bytes"}
     if status == 206:
         headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{stop - 1}/{size}"
