@@ -63,3 +63,58 @@ def test_over_quota_edit_is_kept_and_committed_when_space_is_freed(
         "the queued edit was not committed after the quota was lifted"
     )
     assert path.read_bytes() == data, "the mount shows the committed content"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_full_server_disk_gives_enospc_on_the_mount_and_the_edit_survives(tmp_path: Path) -> None:
+    """The server's data dir on a real 16 MiB tmpfs, filled up: close() gets ENOSPC (507
+    server_full, not EIO from a 500), the server logs one warning and no traceback, and once
+    space is freed the queued edit is committed by the next mount."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], check=True)
+    server = ServerProcess(small / "data")
+    mount: Mount | None = None
+    filler = small / "filler"
+    try:
+        server.start()
+        user = server.add_user("dora")
+        mount = Mount(server, user, tmp_path, "full").start()
+        path = Path(mount.path) / "big.bin"
+        path.write_bytes(b"")  # exists on the server before the disk fills
+        with open(filler, "wb") as f:  # the operator's disk fills up
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC, exc
+        data = os.urandom(3 << 20)
+        f = open(path, "wb")  # noqa: SIM115 - the error must come from close(), not open()
+        f.write(data)
+        with pytest.raises(OSError) as caught:
+            f.close()
+        assert caught.value.errno == errno.ENOSPC, f"expected ENOSPC at close, got {caught.value!r}"
+        with pytest.raises(OSError) as caught:
+            (Path(mount.path) / "new.txt").write_bytes(b"x")  # a create is refused too
+        assert caught.value.errno == errno.ENOSPC, caught.value
+        log = server.log_path.read_text()
+        assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
+        assert log.count("answering 507 server_full") == 1, log[-3000:]
+
+        filler.unlink()  # space is back
+        mount.stop()
+        mount.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if _server_file(server, user, "big.bin")["size"] == len(data):
+                break
+            time.sleep(0.2)
+        assert _server_file(server, user, "big.bin")["size"] == len(data), (
+            "the queued edit was not committed after space was freed"
+        )
+        assert path.read_bytes() == data
+    finally:
+        if mount is not None:
+            mount.stop()
+        server.stop()
+        subprocess.run(["umount", "-l", str(small)], check=True)

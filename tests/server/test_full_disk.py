@@ -112,7 +112,7 @@ async def test_full_disk_answers_507_server_full_and_recovers(
     records = [r for r in caplog.records if r.name.startswith("cloudfs_server")]
     warnings = [r for r in records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
-    assert "out of space" in warnings[0].getMessage()
+    assert "disk full" in warnings[0].getMessage()
     assert not [r for r in records if r.levelno >= logging.ERROR or r.exc_info]
 
     filler.unlink()  # the operator frees space: everything works again

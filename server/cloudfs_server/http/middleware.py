@@ -37,7 +37,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             limiter = request.app[FULL_WARNING]
             if limiter.allow():  # one line a minute, not a traceback per request
                 log.warning(
-                    "out of space (%s); answering 507 server_full until space is freed"
+                    "disk full: %s; answering 507 server_full until space is freed"
                     " (%d more since the last warning)",
                     exc.message,
                     limiter.suppressed,
