@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 from cloudfs_server.http.app import META, ServerConfig, create_app
+from cloudfs_server.http.metrics import WarningLimiter
 
 from tests.server.conftest import AppUser
 from tests.support import ServerProcess, server_cmd
@@ -148,3 +149,15 @@ def test_serve_metrics_address_without_auth_and_token_file(tmp_path: Path) -> No
     finally:
         assert srv.stop() == 0
     assert os.stat(token_file).st_mode & 0o777 == 0o600
+
+
+def test_full_disk_warning_is_let_through_once_a_minute() -> None:
+    now = [1000.0]
+    limiter = WarningLimiter(60.0, clock=lambda: now[0])
+    assert limiter.allow() == 0
+    for step in (1, 20, 30):  # 51 s later in all: still quiet
+        now[0] += step
+        assert limiter.allow() is None
+    now[0] += 9.5  # 60.5 s after the first
+    assert limiter.allow() == 3, "the next warning says how many were held back"
+    assert limiter.allow() is None

@@ -82,15 +82,17 @@ class WarningLimiter:
         self.interval_s = interval_s
         self.clock = clock
         self._last: float | None = None
-        self.suppressed = 0  # warnings held back since the last one let through
+        self._suppressed = 0  # warnings held back since the last one let through
 
-    def allow(self) -> bool:
+    def allow(self) -> int | None:
+        """None: stay quiet. Else log now; the number is how many were held back meanwhile."""
         now = self.clock()
         if self._last is not None and now - self._last < self.interval_s:
-            self.suppressed += 1
-            return False
+            self._suppressed += 1
+            return None
         self._last = now
-        return True
+        held, self._suppressed = self._suppressed, 0
+        return held
 
 
 def metrics_middleware(metrics: Metrics) -> Any:

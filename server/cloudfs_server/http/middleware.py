@@ -34,15 +34,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ServerError as exc:
         request[ERROR_CODE] = exc.code
         if isinstance(exc, ServerFullError):
-            limiter = request.app[FULL_WARNING]
-            if limiter.allow():  # one line a minute, not a traceback per request
+            held = request.app[FULL_WARNING].allow()
+            if held is not None:  # one line a minute, not a traceback per request
                 log.warning(
                     "disk full: %s; answering 507 server_full until space is freed"
-                    " (%d more since the last warning)",
+                    " (%d refused since the last warning)",
                     exc.message,
-                    limiter.suppressed,
+                    held,
                 )
-                limiter.suppressed = 0
         elif exc.status == 500:
             log.error("%s %s: %s", request.method, request.path, exc.message)
         resp = error_json(exc.status, exc.body())
