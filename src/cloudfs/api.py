@@ -77,13 +77,17 @@ class ApiClient:
         self.server = server.rstrip("/")
         self.device = device
         self.retry_budget_s = retry_budget_s
-        self.ssl_context = tls_context(ca_file or os.environ.get("CLOUDFS_CA_FILE") or None)
+        self.ssl_context = (
+            tls_context(ca_file or os.environ.get("CLOUDFS_CA_FILE") or None)
+            if self.server.startswith("https://")
+            else None
+        )
         self._client = httpx.AsyncClient(
             base_url=self.server,
             headers={"Authorization": f"Bearer {token}", "X-Cloudfs-Device": device},
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
-            verify=self.ssl_context,
+            verify=self.ssl_context or True,
         )
         # Requests bypass httpx (its body reading caps throughput), over TLS too; docs/client.md
         self._raw = RawFetcher.for_server(

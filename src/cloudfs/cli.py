@@ -92,6 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.ca_file:
         # Every ApiClient of this process (and a background mount's child) reads it from here.
         os.environ["CLOUDFS_CA_FILE"] = os.path.abspath(args.ca_file)
+    if os.environ.get("CLOUDFS_CA_FILE"):
+        from cloudfs.api import tls_context
+        from cloudfs.errors import TlsError
+
+        try:
+            tls_context(os.environ["CLOUDFS_CA_FILE"])
+        except TlsError as exc:
+            return _die(str(exc))
     try:
         if args.command == "mount":
             return cmd_mount(args)

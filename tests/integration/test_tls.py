@@ -161,3 +161,6 @@ def test_cli_ca_file_flag_and_environment_and_one_line_refusal(
     assert ok.returncode == 0 and "as ann" in ok.stdout, ok.stderr
     ok = login(CLOUDFS_CA_FILE=str(tls.ca_file))
     assert ok.returncode == 0, ok.stderr
+    bad = login("--ca-file", str(tmp_path / "missing.pem"))
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 1 and len(lines) == 1 and "CA file" in lines[0], bad.stderr
