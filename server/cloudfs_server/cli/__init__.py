@@ -1,5 +1,5 @@
 """`cloudfs-server` command line: serve (cli/serve.py), users (cli/users.py), fsck, gc, purge,
-usage, compact-log (cli/maintenance.py).
+usage, compact-log, scrub (cli/maintenance.py).
 
 The CLI is a translation boundary: a `ServerError` becomes one line on stderr and exit status 1.
 """
@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 
 from cloudfs_server.cli import maintenance, serve, users
-from cloudfs_server.cli.common import CliError, StoreCommand, require_data, with_stores
+from cloudfs_server.cli.common import (
+    CliError,
+    StoreCommand,
+    add_block_args,
+    require_data,
+    with_stores,
+)
 from cloudfs_server.errors import ServerError
 
 STORE_COMMANDS: dict[str, StoreCommand] = {**users.COMMANDS, **maintenance.COMMANDS}
@@ -28,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--data", required=True, metavar="DIR", help="data directory")
+        add_block_args(p)
         return p
 
     serve.add_parser(cmd)

@@ -21,10 +21,33 @@ class CliError(Exception):
     """A usage problem found by the CLI itself (bad data dir, bad argument)."""
 
 
+def add_block_args(p: argparse.ArgumentParser) -> None:
+    """The block store options, taken by every command that opens the stores."""
+    p.add_argument(
+        "--blocks",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="block engine: dir:///PATH, a path, or s3://BUCKET[/PREFIX]?endpoint=URL; "
+        "twice = mirror (default: DIR/blocks under --data)",
+    )
+    p.add_argument("--compress", action="store_true", help="store blocks zstd-compressed")
+    p.add_argument(
+        "--encryption-key-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="encrypt blocks at rest (AES-256-GCM) with the 32-byte key in FILE",
+    )
+
+
 def store_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         data_dir=Path(args.data),
         retention_days=getattr(args, "retention_days", 30.0),
+        blocks=tuple(getattr(args, "blocks", ())),
+        compress=getattr(args, "compress", False),
+        encryption_key_file=getattr(args, "encryption_key_file", None),
     )
 
 

@@ -1,16 +1,19 @@
-"""`cloudfs-server` maintenance commands: fsck, gc, purge, usage, compact-log."""
+"""`cloudfs-server` maintenance commands: fsck, gc, purge, usage, compact-log, scrub."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Callable
 
-from cloudfs_server import fsck, gc
+from cloudfs_server import fsck, gc, scrub
 from cloudfs_server.cli.common import CliError, StoreCommand
 from cloudfs_server.config import DAY_NS
 from cloudfs_server.engines.blockstore import BlockStore
+from cloudfs_server.engines.chain import FormatGuard
 from cloudfs_server.engines.gclock import GcLock
 from cloudfs_server.engines.meta import MetadataStore
+from cloudfs_server.model import Usage
 
 
 async def _fsck(
@@ -53,8 +56,43 @@ async def _purge(args: argparse.Namespace, meta: MetadataStore, *_: object) -> i
     return 0
 
 
-async def _usage(args: argparse.Namespace, meta: MetadataStore, *_: object) -> int:
+async def _physical_bytes(meta: MetadataStore, blocks: BlockStore, stored_bytes: int) -> int:
+    """Bytes the engine holds for the blocks the metadata knows (after compression and
+    encryption; one copy of a mirror); the stored bytes if the engine cannot tell."""
+    sizes = await blocks.stored_sizes()
+    if sizes is None:
+        return stored_bytes
+    return sum(sizes.get(block_id, 0) for block_id, _size, _refs in await meta.all_blocks())
+
+
+async def _usage(
+    args: argparse.Namespace, meta: MetadataStore, blocks: BlockStore, lock: GcLock
+) -> int:
     total = await meta.server_usage()
+    if args.json:
+        physical = await _physical_bytes(meta, blocks, total.stored_bytes)
+        ratio = physical / total.stored_bytes if total.stored_bytes else 1.0
+
+        def user(name: str, u: Usage) -> dict[str, object]:
+            # Physical per user is proportional: the user's stored bytes times the server's
+            # physical/stored ratio (a block shared by users is counted for each of them).
+            return {"name": name, **u.to_json(), "physical_bytes": round(u.stored_bytes * ratio)}
+
+        print(
+            json.dumps(
+                {
+                    "logical_bytes": total.logical_bytes,
+                    "referenced_bytes": total.referenced_bytes,
+                    "stored_bytes": total.stored_bytes,
+                    "physical_bytes": physical,
+                    "blocks": total.blocks,
+                    "dedup_ratio": total.dedup_ratio,
+                    "users": [user(name, u) for name, u in total.users],
+                },
+                indent=2,
+            )
+        )
+        return 0
     print(
         f"{'user':<20} {'files':>8} {'dirs':>6} {'logical_bytes':>15} {'stored_bytes':>15} "
         f"{'dedup':>7} {'quota_bytes':>12}"
@@ -71,6 +109,23 @@ async def _usage(args: argparse.Namespace, meta: MetadataStore, *_: object) -> i
         f"stored in {total.blocks} blocks; dedup ratio {total.dedup_ratio:.2f}"
     )
     return 0
+
+
+async def _scrub(
+    args: argparse.Namespace, meta: MetadataStore, blocks: BlockStore, lock: GcLock
+) -> int:
+    assert isinstance(blocks, FormatGuard)  # config.open_stores always builds one
+    result = await scrub.scrub(meta, blocks, lock)
+    for line in result.unreachable:
+        print(f"ERROR: unreachable: {line}")
+    for line in result.unrecoverable:
+        print(f"ERROR: unrecoverable: {line}")
+    print(
+        f"scrub: {result.blocks} block(s), {result.copies_checked} cop(ies) read and rehashed, "
+        f"{result.intact} intact everywhere, {result.repaired} cop(ies) repaired, "
+        f"{len(result.unrecoverable)} unrecoverable, {len(result.unreachable)} unreachable"
+    )
+    return 0 if result.ok else 1
 
 
 async def _compact_log(args: argparse.Namespace, meta: MetadataStore, *_: object) -> int:
@@ -94,16 +149,21 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     )
     p = cmd("purge", "drop old versions and trash past the retention")
     p.add_argument("--retention-days", type=float, default=30.0)
-    cmd("usage", "usage per user and for the whole server")
+    p = cmd("usage", "usage per user and for the whole server")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON document, with physical (stored) bytes"
+    )
     p = cmd("compact-log", "drop old change-log rows (clients behind get 410 and rescan)")
     p.add_argument("--keep", type=int, default=None, help="keep the last N changes per user")
     p.add_argument("--older-than-days", type=float, default=None)
+    cmd("scrub", "rehash every block on every engine; repair mirror members from intact copies")
 
 
 COMMANDS: dict[str, StoreCommand] = {
     "fsck": _fsck,
     "gc": _gc,
     "purge": _purge,  # type: ignore[dict-item]
-    "usage": _usage,  # type: ignore[dict-item]
+    "usage": _usage,
+    "scrub": _scrub,
     "compact-log": _compact_log,  # type: ignore[dict-item]
 }

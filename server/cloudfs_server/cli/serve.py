@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import fcntl
 import logging
 import os
@@ -11,8 +12,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from cloudfs_server.cli.common import CliError
-from cloudfs_server.config import ServerConfig
+from cloudfs_server.cli.common import CliError, store_config
 
 log = logging.getLogger("cloudfs_server")
 
@@ -33,8 +33,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     from cloudfs_server.http.app import create_app
 
-    config = ServerConfig(
-        data_dir=Path(args.data),
+    config = dataclasses.replace(
+        store_config(args),
         retention_days=args.retention_days,
         purge_interval_s=args.purge_interval,
         max_long_polls=args.max_long_polls,
