@@ -163,6 +163,7 @@ S3_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing-cloudfs-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_MAX_ATTEMPTS": "1",  # outages fail fast (the default 3 attempts back off for seconds)
     "AWS_CONFIG_FILE": "/nonexistent/cloudfs-test-aws-config",
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/cloudfs-test-aws-credentials",
 }

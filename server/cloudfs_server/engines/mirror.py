@@ -1,14 +1,16 @@
 """The mirror layer: every block written to each member store, read from whichever answers.
 
 A member that is down (StoreUnavailableError, or OSError from a local disk) is skipped with a
-warning; a write succeeds if at least one member took it, and `cloudfs-server scrub` (scrub.py)
-later copies to a member whatever it missed. Only when every member fails does a call fail.
+warning and left alone for `DOWN_S` seconds (reads and writes do not wait on it); a write succeeds
+if at least one member took it, and `cloudfs-server scrub` (scrub.py) later copies to a member
+whatever it missed. Only when every member fails does a call fail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DOWN = (StoreUnavailableError, OSError)  # a member's failure that the other members absorb
+DOWN_S = 15.0  # after a failure, a member is skipped this long (then tried again)
 
 
 class MirrorStore(BlockStore):
@@ -29,24 +32,51 @@ class MirrorStore(BlockStore):
             raise StoreConfigError("a mirror needs at least two block stores")
         self.members = members
         self.label = "mirror(" + ", ".join(m.label for m in members) + ")"
+        self._down_until = [0.0] * len(members)  # monotonic time until which a member is skipped
+
+    def _mark(self, index: int, exc: BaseException | None, what: str) -> None:
+        if exc is None:
+            if self._down_until[index]:
+                log.info("mirror member %s answers again", self.members[index].label)
+            self._down_until[index] = 0.0
+            return
+        if not self._down_until[index]:
+            log.warning(
+                "mirror member %s is down (%s: %s); skipping it for %g s, "
+                "`cloudfs-server scrub` copies what it misses",
+                self.members[index].label,
+                what,
+                exc,
+                DOWN_S,
+            )
+        self._down_until[index] = time.monotonic() + DOWN_S
+
+    def _order(self) -> list[int]:
+        """Member indexes to try: those not marked down first (in configured order)."""
+        now = time.monotonic()
+        return sorted(range(len(self.members)), key=lambda i: self._down_until[i] > now)
 
     async def _all(self, call: Callable[[BlockStore], Awaitable[T]], what: str) -> list[T | None]:
-        """`call` on every member concurrently; a member that is down gives None (logged).
+        """`call` on every member not marked down, concurrently (on all if all are marked); a
+        member that is down gives None.
 
         Raises: StoreUnavailableError if every member is down; any other error as is."""
-        results = await asyncio.gather(*(call(m) for m in self.members), return_exceptions=True)
-        out: list[T | None] = []
-        down = 0
-        for member, result in zip(self.members, results, strict=True):
+        now = time.monotonic()
+        live = [i for i in range(len(self.members)) if self._down_until[i] <= now]
+        live = live or list(range(len(self.members)))
+        results = await asyncio.gather(
+            *(call(self.members[i]) for i in live), return_exceptions=True
+        )
+        out: list[T | None] = [None] * len(self.members)
+        for i, result in zip(live, results, strict=True):
             if isinstance(result, DOWN):
-                down += 1
-                log.warning("mirror member %s is down (%s): %s", member.label, what, result)
-                out.append(None)
+                self._mark(i, result, what)
             elif isinstance(result, BaseException):
                 raise result
             else:
-                out.append(result)
-        if down == len(self.members):
+                self._mark(i, None, what)
+                out[i] = result
+        if all(isinstance(r, DOWN) for r in results):
             raise StoreUnavailableError(f"every mirrored block store is down ({what}); retry later")
         return out
 
@@ -55,14 +85,19 @@ class MirrorStore(BlockStore):
         that answered has the block and none was down."""
         not_found: NotFoundError | None = None
         down: Exception | None = None
-        for member in self.members:
+        for i in self._order():
             try:
-                return await call(member)
+                result = await call(self.members[i])
             except NotFoundError as exc:
+                self._mark(i, None, what)
                 not_found = exc
+                continue
             except DOWN as exc:
-                log.warning("mirror member %s is down (%s): %s", member.label, what, exc)
+                self._mark(i, exc, what)
                 down = exc
+                continue
+            self._mark(i, None, what)
+            return result
         if down is not None:
             raise StoreUnavailableError(
                 f"no reachable mirrored block store has it ({what}); retry later"

@@ -97,7 +97,9 @@ class S3BlockStore(BlockStore):
         config = Config(
             connect_timeout=5,
             read_timeout=30,
-            retries={"max_attempts": 3, "mode": "standard"},
+            # Standard retries (throttling, 5xx, connection errors) with backoff; the number of
+            # attempts is AWS_MAX_ATTEMPTS / `max_attempts` in ~/.aws/config (default 3).
+            retries={"mode": "standard"},
             max_pool_connections=32,
             s3={"addressing_style": "path" if self.path_style else "auto"},
         )
