@@ -23,6 +23,8 @@ from cloudfs_server.cli.common import (
 from cloudfs_server.errors import ServerError
 
 STORE_COMMANDS: dict[str, StoreCommand] = {**users.COMMANDS, **maintenance.COMMANDS}
+# Commands that never touch blocks: they do not open (or need options for) the block store.
+METADATA_ONLY = {*users.COMMANDS, "purge", "compact-log"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
             if args.command != "add-user":
                 require_data(args)
             Path(args.data).mkdir(parents=True, exist_ok=True)
-            code = asyncio.run(with_stores(args, STORE_COMMANDS[args.command]))
+            code = asyncio.run(
+                with_stores(args, STORE_COMMANDS[args.command], args.command not in METADATA_ONLY)
+            )
     except (ServerError, CliError) as exc:
         message = exc.message if isinstance(exc, ServerError) else str(exc)
         print(f"cloudfs-server {args.command}: error: {message}", file=sys.stderr)

@@ -56,14 +56,22 @@ def require_data(args: argparse.Namespace) -> None:
         raise CliError(f"no cloudfs data in {args.data} (create it with `serve` or `add-user`)")
 
 
-async def with_stores(args: argparse.Namespace, command: StoreCommand) -> int:
+async def with_stores(
+    args: argparse.Namespace, command: StoreCommand, open_blocks: bool = True
+) -> int:
+    """Run `command` on opened stores; with `open_blocks` False (user commands, purge, ...) the
+    block store is passed unopened, so they work whatever block options the server uses."""
     meta, blocks, lock = open_stores(store_config(args))
     await meta.open()
-    await blocks.open()
     try:
-        return await command(args, meta, blocks, lock)
+        if not open_blocks:
+            return await command(args, meta, blocks, lock)
+        await blocks.open()
+        try:
+            return await command(args, meta, blocks, lock)
+        finally:
+            await blocks.close()
     finally:
-        await blocks.close()
         await meta.close()
 
 
