@@ -17,6 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cloudfs_server.engines.blockstore import BlockStore, StagedBlock, receive
+from cloudfs_server.engines.layer import run_in_thread
 from cloudfs_server.errors import NotFoundError, StoreUnavailableError
 from cloudfs_server.model import BLOCK_ID_RE, validate_block_id
 
@@ -34,6 +35,10 @@ THROTTLE_CODES = {
     "ServiceUnavailable",
 }
 RETRY_AFTER_S = 5
+
+
+def _hexdigest(data: bytes) -> str:
+    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
 
 
 class S3BlockStore(BlockStore):
@@ -216,7 +221,7 @@ class S3BlockStore(BlockStore):
             return "missing"
         if len(data) != size:
             return f"corrupt: {len(data)} bytes, expected {size}"
-        actual = blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest()
+        actual = await run_in_thread(_hexdigest, data)
         if actual != block_id:
             return f"corrupt: rehashes to {actual}"
         return None
