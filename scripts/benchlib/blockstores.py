@@ -31,17 +31,17 @@ KEY = bytes(range(32))
 
 
 def corpus() -> tuple[list[bytes], list[bytes]]:
-    """(source-text blocks, already-compressed blocks), ~16 MiB each."""
+    """(source-text blocks, already-compressed blocks), ~8 MiB each."""
     text = b"".join(p.read_bytes() for p in sorted(ROOT.rglob("*.py")) if ".venv" not in p.parts)
-    while len(text) < 16 * BLOCK_BYTES:
+    while len(text) < 8 * BLOCK_BYTES:
         text += text
-    text = text[: 16 * BLOCK_BYTES]
+    text = text[: 8 * BLOCK_BYTES]
     packed = b""
-    seed = 0
-    while len(packed) < 16 * BLOCK_BYTES:  # gzip of varied text: like .gz/.jpg/.zip files
-        seed += 1
-        packed += gzip.compress(os.urandom(4096).hex().encode() + text[seed * 997 :][:200_000])
-    packed = packed[: 16 * BLOCK_BYTES]
+    offset = 0
+    while len(packed) < 8 * BLOCK_BYTES:  # gzip -9 of slices of the text: like .gz/.zip files
+        packed += gzip.compress(text[offset : offset + 300_000], 9)
+        offset = (offset + 300_000) % len(text)
+    packed = packed[: 8 * BLOCK_BYTES]
 
     def split(data: bytes) -> list[bytes]:
         return [data[i : i + BLOCK_BYTES] for i in range(0, len(data), BLOCK_BYTES)]
