@@ -186,8 +186,10 @@ def test_encrypted_compressed_store_refuses_a_wrong_key(tmp_path: Path) -> None:
         out = cli("fsck", "--data", str(data), *bad_args)
         assert out.returncode == 1 and word in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
-        with pytest.raises(RuntimeError, match="exited early"):
-            ServerProcess(data, store_args=bad_args).start()
+    refused = ServerProcess(data, store_args=("--compress", "--encryption-key-file", str(wrong)))
+    with pytest.raises(RuntimeError, match="exited early"):
+        refused.start()
+    assert "encryption key does not match" in refused.log_path.read_text()
     out = cli("usage", "--data", str(data), *args, "--json")
     usage = json.loads(out.stdout)
     assert usage["stored_bytes"] == len(secret) and usage["physical_bytes"] < len(secret) // 4

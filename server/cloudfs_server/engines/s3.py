@@ -14,7 +14,7 @@ from typing import Any
 import blake3
 from aiobotocore.session import get_session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from cloudfs_server.engines.blockstore import BlockStore, StagedBlock, receive
 from cloudfs_server.engines.layer import run_in_thread
@@ -84,6 +84,12 @@ class S3BlockStore(BlockStore):
             # request had no effect and will work once the store is fixed: still 503.
             raise StoreUnavailableError(
                 f"the object store refused {what}: {code or status} {err.get('Message', '')}",
+                RETRY_AFTER_S,
+            ) from exc
+        except NoCredentialsError as exc:
+            raise StoreUnavailableError(
+                f"no AWS credentials found for {what}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or ~/.aws/credentials",
                 RETRY_AFTER_S,
             ) from exc
         except (BotoCoreError, OSError, TimeoutError) as exc:
