@@ -5,16 +5,19 @@ headers, ciphertext at rest, the format guard refusing a wrong key or other laye
 from __future__ import annotations
 
 import base64
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestClient
 from cloudfs_server.engines.chain import BlockChain, parse_blocks_url
 from cloudfs_server.engines.dir import DirBlockStore
 from cloudfs_server.engines.encrypt import load_key
 from cloudfs_server.engines.s3 import S3BlockStore
 from cloudfs_server.errors import NotFoundError, StoreConfigError, StoreUnavailableError
+from cloudfs_server.http.app import META, ServerConfig, create_app
 
 from tests.server.helpers import bid
 from tests.server.test_blockstore import KEY, TEXT, put
@@ -204,3 +207,27 @@ async def test_s3_creates_a_missing_bucket_and_says_so(
     await store.open()  # the second time it exists: nothing said
     await store.close()
     assert not [r for r in caplog.records if "created the missing bucket" in r.getMessage()]
+
+
+@pytest.mark.asyncio
+async def test_http_blocks_on_a_layered_store_200_206_and_head(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path
+) -> None:
+    """No local file to sendfile: the GET route answers from read(); without a Range header
+    that is a 200 with the whole block (it used to be a 206)."""
+    app = create_app(ServerConfig(data_dir=tmp_path, synchronous="NORMAL", compress=True))
+    client = await aiohttp_client(app)
+    _info, token = await client.app[META].create_user("ann", None)
+    auth = {"Authorization": f"Bearer {token}"}
+    async with client.put(f"/v1/blocks/{bid(TEXT)}", data=io.BytesIO(TEXT), headers=auth) as resp:
+        assert resp.status == 201, await resp.text()
+    async with client.get(f"/v1/blocks/{bid(TEXT)}", headers=auth) as resp:
+        assert resp.status == 200 and await resp.read() == TEXT
+    ranged = {**auth, "Range": "bytes=100-199"}
+    async with client.get(f"/v1/blocks/{bid(TEXT)}", headers=ranged) as resp:
+        assert resp.status == 206 and await resp.read() == TEXT[100:200]
+        assert resp.headers["Content-Range"] == f"bytes 100-199/{len(TEXT)}"
+    async with client.head(f"/v1/blocks/{bid(TEXT)}", headers=auth) as resp:
+        assert resp.status == 200 and resp.content_length == len(TEXT)
+    (stored,) = [p for p in (tmp_path / "blocks").rglob("*") if len(p.name) == 64]
+    assert stored.read_bytes()[:1] == b"\x01" and stored.stat().st_size < len(TEXT) // 3
