@@ -20,8 +20,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import argcomplete
-
 from cloudfs import config, errors, history, registry
 from cloudfs.chunking import ChunkParams
 from cloudfs.clitools import (
@@ -152,7 +150,10 @@ def quiet_closed_pipe() -> int:
 def main(argv: list[str] | None = None) -> int:
     """The CLI's one translation boundary: every error becomes one line and an exit status."""
     parser = build_parser()
-    argcomplete.autocomplete(parser)  # answers and exits when the shell asks for completions
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer and exit
+        import argcomplete  # only then (~30 ms of imports every other run would pay)
+
+        argcomplete.autocomplete(parser)
     try:
         code = dispatch(parser.parse_args(argv))
         sys.stdout.flush()  # a closed pipe shows here, while we can still catch it
@@ -181,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_completion(args: argparse.Namespace) -> int:
     """`cloudfs completion bash|zsh`: the script to source, for `cloudfs` and `cloudfs-server`
     (argcomplete: the shell runs the command itself, which answers from its parser)."""
+    import argcomplete
+
     sys.stdout.write(argcomplete.shellcode(["cloudfs", "cloudfs-server"], shell=args.shell))
     return 0
 

@@ -16,8 +16,6 @@ import sys
 import traceback
 from pathlib import Path
 
-import argcomplete
-
 from cloudfs_server.cli import maintenance, serve, users
 from cloudfs_server.cli.common import (
     EXIT_CLOSED_PIPE,
@@ -97,7 +95,10 @@ def quiet_closed_pipe() -> int:
 def main(argv: list[str] | None = None) -> None:
     """The one translation boundary of the CLI: each error becomes one line and a status."""
     parser = build_parser()
-    argcomplete.autocomplete(parser)  # answers and exits when the shell asks for completions
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer and exit
+        import argcomplete  # only then (~30 ms of imports every other run would pay)
+
+        argcomplete.autocomplete(parser)
     command = "cloudfs-server"
     try:
         args = parser.parse_args(argv)
