@@ -325,3 +325,23 @@ complete_line "cloudfs-server set-"
     ], out.stdout  # fmt: skip
     zsh = run(env, "cloudfs", "completion", "zsh")
     assert zsh.returncode == 0 and "compdef" in zsh.stdout, zsh.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "access_lines", "info_lines"),
+    [((), True, True), (("--no-access-log",), False, True),
+     (("--log-level", "warning"), False, False)],
+)  # fmt: skip
+def test_serve_log_level_and_access_log(
+    tmp_path: Path, flags: tuple[str, ...], access_lines: bool, info_lines: bool
+) -> None:
+    server = ServerProcess(tmp_path / "data", *flags).start()
+    try:
+        alice = server.add_user("alice")
+        for _ in range(3):
+            assert server.request("GET", "/v1/me", alice)[0] == 200
+    finally:
+        assert server.stop() == 0
+    log = server.log_path.read_text()
+    assert ('"GET /v1/me HTTP/1.1" 200' in log) == access_lines, f"{flags}:\n{log}"
+    assert (" INFO " in log) == info_lines, f"{flags}:\n{log}"
