@@ -65,6 +65,8 @@ def test_exit_codes_malformed_is_2_failed_is_1(
 ) -> None:
     data = str(server.data_dir)
     auth = ("--server", server.url, f"--token={alice.token}")
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
@@ -75,6 +77,7 @@ def test_exit_codes_malformed_is_2_failed_is_1(
             "no such user": run(env, "cloudfs-server", "reset-token", "zed", "--data", data),
             "user exists": run(env, "cloudfs-server", "add-user", "alice", "--data", data),
             "no data dir": run(env, "cloudfs-server", "fsck", "--data", str(tmp_path / "none")),
+            "data is a file": run(env, "cloudfs-server", "serve", "--data", str(a_file)),
         }
     malformed = {
         "unknown command": run(env, "cloudfs", "frobnicate"),

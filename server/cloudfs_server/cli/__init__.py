@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if Path(args.data).exists() and not Path(args.data).is_dir():
+        raise CliError(f"--data {args.data} is not a directory")
     if args.command == "serve":
         return serve.run(args)
     if args.command != "add-user":
