@@ -7,7 +7,6 @@ exit status 0 ok, 1 failed, 2 malformed request, 141 stdout closed early (clitoo
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from cloudfs.clitools import (
     CliError,
     OneLineParser,
     UsageError,
+    VersionAction,
     duration_arg,
     fail,
     mount_records,
@@ -41,13 +41,6 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEBUG_ENV = "CLOUDFS_DEBUG"
 
 
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("cloudfs")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def chunk_size_arg(text: str) -> int:
     """argparse type for --chunk-size: a size of at least 256 bytes."""
     try:
@@ -58,7 +51,7 @@ def chunk_size_arg(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="cloudfs", description="Mount a cloudfs drive.")
-    p.add_argument("--version", action="version", version=f"cloudfs {package_version()}")
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="mount the drive at MOUNTPOINT")

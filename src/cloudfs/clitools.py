@@ -56,6 +56,27 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
+class VersionAction(argparse.Action):
+    """`--version`: prints `PROG VERSION` on stdout and exits 0. The version is looked up only
+    when asked: importing importlib.metadata costs every other run tens of milliseconds."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show the version and exit")
+        super().__init__(
+            option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, **kwargs
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("cloudfs")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        sys.stdout.write(f"{parser.prog} {version}\n")
+        parser.exit()
+
+
 def size_arg(text: str) -> int:
     """argparse type for sizes (`512M`, `10G`, bytes)."""
     try:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import logging
 import os
 import sys
@@ -24,6 +23,7 @@ from cloudfs_server.cli.common import (
     CliError,
     OneLineParser,
     StoreCommand,
+    VersionAction,
     require_data,
     with_stores,
 )
@@ -36,18 +36,9 @@ DATA_ENV = "CLOUDFS_DATA"
 DEBUG_ENV = "CLOUDFS_DEBUG"
 
 
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("cloudfs")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="cloudfs-server", description="cloudfs block and metadata daemon")
-    parser.add_argument(
-        "--version", action="version", version=f"cloudfs-server {package_version()}"
-    )
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True)
     data_default = os.environ.get(DATA_ENV) or None
 

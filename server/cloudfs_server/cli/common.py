@@ -5,9 +5,10 @@ use the client's pure parsers, cloudfs.sizes and cloudfs.durations, so both CLIs
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from cloudfs.durations import parse_duration
 from cloudfs.sizes import parse_size
@@ -43,6 +44,27 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+class VersionAction(argparse.Action):
+    """`--version`: prints `PROG VERSION` on stdout and exits 0. The version is looked up only
+    when asked: importing importlib.metadata costs every other run tens of milliseconds."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        kwargs.setdefault("help", "show the version and exit")
+        super().__init__(
+            option_strings, argparse.SUPPRESS, nargs=0, default=argparse.SUPPRESS, **kwargs
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        import importlib.metadata
+
+        try:
+            version = importlib.metadata.version("cloudfs")
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        sys.stdout.write(f"{parser.prog} {version}\n")
+        parser.exit()
 
 
 def store_config(args: argparse.Namespace) -> ServerConfig:
