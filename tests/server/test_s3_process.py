@@ -80,8 +80,8 @@ def test_blocks_api_gc_fsck_and_usage_on_s3(server: ServerProcess, moto: MotoSer
     assert out.returncode == 0 and "fsck: clean" in out.stdout, out
     out = cli("usage", "--data", str(server.data_dir), *server.store_args, "--json")
     usage = json.loads(out.stdout)
-    assert usage["stored_bytes"] == usage["physical_bytes"] == 300_000  # no layers
-    assert usage["users"][0]["physical_bytes"] == 300_000
+    assert usage["server"]["stored_bytes"] == usage["server"]["physical_bytes"] == 300_000
+    assert usage["users"][0]["physical_bytes"] == 300_000  # no layers
 
 
 def test_store_down_answers_503_with_retry_after_then_recovers(
@@ -192,18 +192,23 @@ def test_encrypted_compressed_store_refuses_a_wrong_key(tmp_path: Path) -> None:
     assert "encryption key does not match" in refused.log_path.read_text()
     out = cli("usage", "--data", str(data), *args, "--json")
     usage = json.loads(out.stdout)
-    assert usage["stored_bytes"] == len(secret) and usage["physical_bytes"] < len(secret) // 4
+    server = usage["server"]
+    assert server["stored_bytes"] == len(secret) and server["physical_bytes"] < len(secret) // 4
+    (alice,) = usage["users"]
+    assert alice["stored_bytes"] == len(secret)
+    assert alice["physical_bytes"] == server["physical_bytes"]  # her blocks are all there is
     assert cli("fsck", "--data", str(data), *args).returncode == 0
 
 
 def test_bad_block_options_are_one_line_errors(tmp_path: Path) -> None:
     data = tmp_path / "data"
     assert cli("add-user", "alice", "--data", str(data)).returncode == 0
-    for bad, word in [
-        (("--blocks", "s3://AKIA:secret@bucket"), "credentials do not belong"),
-        (("--blocks", "gopher://x"), "unknown block store"),
-        (("--encryption-key-file", str(tmp_path / "nope")), "cannot read the encryption key"),
+    for bad, word, code in [
+        # A malformed URL is a malformed command (2); a key file that cannot be read failed (1).
+        (("--blocks", "s3://AKIA:secret@bucket"), "credentials do not belong", 2),
+        (("--blocks", "gopher://x"), "unknown block store", 2),
+        (("--encryption-key-file", str(tmp_path / "nope")), "cannot read the encryption key", 1),
     ]:
         out = cli("fsck", "--data", str(data), *bad)
-        assert out.returncode == 1 and word in out.stderr, out.stderr
+        assert out.returncode == code and word in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1 and "secret" not in out.stderr

@@ -6,8 +6,16 @@ import argparse
 import json
 from collections.abc import Callable
 
+from cloudfs.durations import format_duration
 from cloudfs_server import fsck, gc, scrub
-from cloudfs_server.cli.common import CliError, StoreCommand
+from cloudfs_server.cli.common import (
+    DAY_S,
+    StoreCommand,
+    UsageError,
+    days_arg,
+    duration_arg,
+    duration_days_arg,
+)
 from cloudfs_server.config import DAY_NS
 from cloudfs_server.engines.blockstore import BlockStore
 from cloudfs_server.engines.chain import FormatGuard
@@ -51,7 +59,7 @@ async def _purge(args: argparse.Namespace, meta: MetadataStore, *_: object) -> i
     versions, trashed = await meta.purge(int(args.retention_days * DAY_NS))
     print(
         f"purge: dropped {versions} old version(s) and {trashed} trashed node(s) older than "
-        f"{args.retention_days:g} day(s); run `gc` to reclaim their blocks"
+        f"{format_duration(args.retention_days * DAY_S)}; run `gc` to reclaim their blocks"
     )
     return 0
 
@@ -78,20 +86,16 @@ async def _usage(
             # physical/stored ratio (a block shared by users is counted for each of them).
             return {"name": name, **u.to_json(), "physical_bytes": round(u.stored_bytes * ratio)}
 
-        print(
-            json.dumps(
-                {
-                    "logical_bytes": total.logical_bytes,
-                    "referenced_bytes": total.referenced_bytes,
-                    "stored_bytes": total.stored_bytes,
-                    "physical_bytes": physical,
-                    "blocks": total.blocks,
-                    "dedup_ratio": total.dedup_ratio,
-                    "users": [user(name, u) for name, u in total.users],
-                },
-                indent=2,
-            )
-        )
+        server = {
+            "logical_bytes": total.logical_bytes,
+            "referenced_bytes": total.referenced_bytes,
+            "stored_bytes": total.stored_bytes,
+            "physical_bytes": physical,
+            "blocks": total.blocks,
+            "dedup_ratio": total.dedup_ratio,
+        }
+        users = [user(name, u) for name, u in total.users]
+        print(json.dumps({"users": users, "server": server}, indent=2))
         return 0
     print(
         f"{'user':<20} {'files':>8} {'dirs':>6} {'logical_bytes':>15} {'stored_bytes':>15} "
@@ -130,7 +134,7 @@ async def _scrub(
 
 async def _compact_log(args: argparse.Namespace, meta: MetadataStore, *_: object) -> int:
     if args.keep is None and args.older_than_days is None:
-        raise CliError("give --keep N and/or --older-than-days D")
+        raise UsageError("give --keep N and/or --older-than DURATION (e.g. 30d)")
     older = None if args.older_than_days is None else int(args.older_than_days * DAY_NS)
     dropped = await meta.compact_log(args.keep, older)
     print(f"compact-log: dropped {dropped} change row(s)")
@@ -142,21 +146,58 @@ def add_parsers(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p.add_argument("--repair", action="store_true", help="fix what can be fixed safely")
     p = cmd("gc", "delete blocks no version references")
     p.add_argument(
+        "--grace",
         "--grace-seconds",
-        type=float,
+        dest="grace_seconds",
+        type=duration_arg,
         default=3600.0,
-        help="keep unreferenced blocks uploaded more recently (default 3600)",
+        metavar="DURATION",
+        help="keep unreferenced blocks uploaded more recently, e.g. 30m or 3600 (default 1h)",
     )
     p = cmd("purge", "drop old versions and trash past the retention")
-    p.add_argument("--retention-days", type=float, default=30.0)
+    add_retention(p, "drop versions and trash older than this")
     p = cmd("usage", "usage per user and for the whole server")
     p.add_argument(
-        "--json", action="store_true", help="one JSON document, with physical (stored) bytes"
+        "--json", action="store_true", help="print JSON, with physical bytes (after the layers)"
     )
     p = cmd("compact-log", "drop old change-log rows (clients behind get 410 and rescan)")
     p.add_argument("--keep", type=int, default=None, help="keep the last N changes per user")
-    p.add_argument("--older-than-days", type=float, default=None)
+    p.add_argument(
+        "--older-than",
+        dest="older_than_days",
+        type=duration_days_arg,
+        default=None,
+        metavar="DURATION",
+        help="drop changes older than this, e.g. 30d (a plain number is seconds)",
+    )
+    p.add_argument(
+        "--older-than-days",
+        dest="older_than_days",
+        type=days_arg,
+        metavar="DAYS",
+        help="the same in days (a plain number is days)",
+    )
     cmd("scrub", "rehash every block on every engine; repair mirror members from intact copies")
+
+
+def add_retention(p: argparse.ArgumentParser, what: str) -> None:
+    """`--retention 30d` (a plain number is seconds) and `--retention-days 30` (days)."""
+    p.add_argument(
+        "--retention",
+        dest="retention_days",
+        type=duration_days_arg,
+        default=30.0,
+        metavar="DURATION",
+        help=f"{what}, e.g. 30d or 12h (default 30d)",
+    )
+    p.add_argument(
+        "--retention-days",
+        dest="retention_days",
+        type=days_arg,
+        default=30.0,
+        metavar="DAYS",
+        help="the same in days (a plain number is days)",
+    )
 
 
 COMMANDS: dict[str, StoreCommand] = {
