@@ -27,7 +27,8 @@ retry can help (`temporary`). Boundaries translate into it once (HTTP client) an
     ├── OperationNotPermittedError  hard links and other unsupported operations (EPERM)
     ├── NotSupportedError           an operation the drive does not implement (EOPNOTSUPP)
     ├── TlsError                    the server's TLS certificate is not trusted / TLS failed (EIO)
-    └── ProtocolError               the server answered something the protocol does not allow (EIO)
+    ├── ProtocolError               the server answered something the protocol does not allow (EIO)
+    └── ConfigError                 the client's config file cannot be read or is not valid (EIO)
 """
 
 from __future__ import annotations
@@ -185,6 +186,11 @@ class TlsError(CloudfsError):
 
 class ProtocolError(CloudfsError):
     """The server answered something docs/protocol.md does not allow."""
+
+
+class ConfigError(CloudfsError):
+    """The login config (cloudfs.config.config_path) is unreadable or not the JSON object it
+    should be. A retry cannot help: the message names the file and the problem."""
 
 
 def errno_of(exc: CloudfsError) -> int:

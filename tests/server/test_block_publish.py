@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
+from cloudfs_server.engines.chain import FormatGuard
 from cloudfs_server.engines.dir import DirBlockStore
 from cloudfs_server.http.state import BLOCKS
 
@@ -18,6 +19,8 @@ pytestmark = pytest.mark.asyncio
 
 def block_file(client: TestClient, block_id: str) -> Path:
     store = client.app[BLOCKS]
+    if isinstance(store, FormatGuard):  # no layers configured: the guard wraps the engine
+        store = store.inner
     assert isinstance(store, DirBlockStore)
     return store.path_of(block_id)
 

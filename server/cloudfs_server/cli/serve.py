@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import errno
 import fcntl
 import ipaddress
 import logging
 import os
 import signal
 import ssl
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cloudfs_server.cli.common import CliError
-from cloudfs_server.config import ServerConfig
+from cloudfs_server.cli.common import CliError, UsageError, duration_arg, store_config
+from cloudfs_server.cli.maintenance import add_retention
 
 log = logging.getLogger("cloudfs_server")
 
@@ -43,13 +44,13 @@ def is_loopback(host: str) -> bool:
 def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     """The server's TLS context from --tls-cert/--tls-key, or None for plain http.
 
-    Raises: CliError if only one is given, or they cannot be loaded; plain http on a
+    Raises: UsageError if only one is given, or they cannot be loaded; plain http on a
     non-loopback address without --insecure-http."""
     if (args.tls_cert is None) != (args.tls_key is None):
-        raise CliError("--tls-cert and --tls-key go together")
+        raise UsageError("--tls-cert and --tls-key go together")
     if args.tls_cert is None:
         if not is_loopback(args.host) and not args.insecure_http:
-            raise CliError(
+            raise UsageError(
                 f"refusing plain http on {args.host!r}: tokens would cross the network in clear;"
                 " pass --tls-cert/--tls-key (or --insecure-http behind a TLS proxy)"
             )
@@ -59,7 +60,7 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     try:
         ctx.load_cert_chain(args.tls_cert, args.tls_key)
     except (OSError, ssl.SSLError) as exc:
-        raise CliError(f"cannot load the TLS certificate/key: {exc}") from exc
+        raise UsageError(f"cannot load the TLS certificate/key: {exc}") from exc
     return ctx
 
 
@@ -71,7 +72,7 @@ def metrics_token(args: argparse.Namespace) -> str | None:
     try:
         return load_token(Path(args.metrics_token_file))
     except (OSError, ValueError) as exc:
-        raise CliError(f"--metrics-token-file: {exc}") from exc
+        raise UsageError(f"--metrics-token-file: {exc}") from exc
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -88,8 +89,8 @@ async def serve(
 
     from cloudfs_server.http.app import create_app, create_metrics_app
 
-    config = ServerConfig(
-        data_dir=Path(args.data),
+    config = dataclasses.replace(
+        store_config(args),
         retention_days=args.retention_days,
         purge_interval_s=args.purge_interval,
         max_long_polls=args.max_long_polls,
@@ -97,14 +98,20 @@ async def serve(
         metrics_token=token,
     )
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"))
+    access_log = None if args.no_access_log else logging.getLogger("aiohttp.access")
+    runner = web.AppRunner(app, access_log=access_log)
     runners = [runner]
     await runner.setup()
     try:
         site = web.TCPSite(
             runner, args.host, args.port, shutdown_timeout=30.0, ssl_context=ssl_context
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(f"port {args.port} on {args.host} is already in use") from None
+            raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
         host, port = runner.addresses[0][:2]
         scheme = "https" if ssl_context is not None else "http"
         if args.metrics_address is not None:
@@ -112,7 +119,10 @@ async def serve(
             runners.append(metrics_runner)
             await metrics_runner.setup()
             m_host, m_port = args.metrics_address
-            await web.TCPSite(metrics_runner, m_host, m_port).start()
+            try:
+                await web.TCPSite(metrics_runner, m_host, m_port).start()
+            except OSError as exc:
+                raise CliError(f"cannot listen on {m_host}:{m_port}: {exc.strerror}") from None
             m_host, m_port = metrics_runner.addresses[0][:2]
             print(f"cloudfs-server metrics on http://{m_host}:{m_port}/metrics", flush=True)
         print(f"cloudfs-server listening on {scheme}://{host}:{port}", flush=True)
@@ -133,13 +143,8 @@ def add_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = cmd("serve", "run the HTTP server")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    p.add_argument(
-        "--retention-days",
-        type=float,
-        default=30.0,
-        help="keep old versions and trash this long (hourly purge)",
-    )
-    p.add_argument("--purge-interval", type=float, default=3600.0, help=argparse.SUPPRESS)
+    add_retention(p, "keep old versions and trash this long (hourly purge)")
+    p.add_argument("--purge-interval", type=duration_arg, default=3600.0, help=argparse.SUPPRESS)
     p.add_argument(
         "--max-long-polls",
         type=int,
@@ -171,16 +176,19 @@ def add_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         metavar="HOST:PORT",
         help="serve GET /metrics without auth on this separate address",
     )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="log detail on stderr (default info)",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        ssl_context = tls_context(args)
-        token = metrics_token(args)
-    except CliError as exc:
-        # A refused configuration is a usage error: one line, exit status 2 (like argparse).
-        print(f"cloudfs-server serve: error: {exc}", file=sys.stderr)
-        return 2
+    # A refused configuration is a UsageError: one line, exit status 2 (cli/__init__.py main).
+    ssl_context = tls_context(args)
+    token = metrics_token(args)
     Path(args.data).mkdir(parents=True, exist_ok=True)
     serve_lock = lock_serving(Path(args.data))
     try:

@@ -44,6 +44,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 )
         elif exc.status == 500:
             log.error("%s %s: %s", request.method, request.path, exc.message)
+        elif exc.status == 503:
+            log.warning("%s %s: %s", request.method, request.path, exc.message)
         resp = error_json(exc.status, exc.body())
         resp.headers.update(exc.headers())
         return resp

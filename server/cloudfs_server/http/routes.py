@@ -192,8 +192,8 @@ async def get_block(request: web.Request) -> web.StreamResponse:
         raise RangeNotSatisfiableError(
             "Range must be one 'bytes=a-b', 'bytes=a-' or 'bytes=-n' range", size=size
         ) from None
-    # aiohttp answers slice(None, None, 1) without a Range header (not equal to slice(None)).
-    ranged = rng.start is not None or rng.stop is not None
+    # No Range header is slice(None, None, 1) (not slice(None)) in aiohttp: ask the header.
+    ranged = hdrs.RANGE in request.headers
     if ranged:
         start, stop, _ = rng.indices(size)
         if stop <= start:
