@@ -5,6 +5,7 @@ headers, ciphertext at rest, the format guard refusing a wrong key or other laye
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -12,11 +13,17 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
+from cloudfs_server.engines.blockstore import StagedBlock
 from cloudfs_server.engines.chain import BlockChain, parse_blocks_url
 from cloudfs_server.engines.dir import DirBlockStore
 from cloudfs_server.engines.encrypt import load_key
 from cloudfs_server.engines.s3 import S3BlockStore
-from cloudfs_server.errors import NotFoundError, StoreConfigError, StoreUnavailableError
+from cloudfs_server.errors import (
+    NotFoundError,
+    ServerFullError,
+    StoreConfigError,
+    StoreUnavailableError,
+)
 from cloudfs_server.http.app import META, ServerConfig, create_app
 
 from tests.server.helpers import bid
@@ -231,3 +238,30 @@ async def test_http_blocks_on_a_layered_store_200_206_and_head(
         assert resp.status == 200 and resp.content_length == len(TEXT)
     (stored,) = [p for p in (tmp_path / "blocks").rglob("*") if len(p.name) == 64]
     assert stored.read_bytes()[:1] == b"\x01" and stored.stat().st_size < len(TEXT) // 3
+
+
+class FullDirBlockStore(DirBlockStore):
+    """A directory engine whose disk answers ENOSPC on publish (the real _run translates it)."""
+
+    def _publish(self, staged: StagedBlock) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.asyncio
+async def test_mirror_skips_a_full_member_and_is_full_only_when_all_are(tmp_path: Path) -> None:
+    full, ok = FullDirBlockStore(tmp_path / "full"), DirBlockStore(tmp_path / "ok")
+    store = BlockChain([full, ok]).build()
+    await store.open()
+    try:
+        await put(store, b"on the member with space")  # the full member is skipped
+        assert await store.read(bid(b"on the member with space"), 0, 2) == b"on"
+    finally:
+        await store.close()
+    both = BlockChain([FullDirBlockStore(tmp_path / "a"), FullDirBlockStore(tmp_path / "b")])
+    store = both.build()
+    await store.open()
+    try:
+        with pytest.raises(ServerFullError):
+            await put(store, b"nowhere to go")
+    finally:
+        await store.close()
