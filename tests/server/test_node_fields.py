@@ -214,7 +214,7 @@ async def test_directory_times_are_the_time_of_each_entry_change(ann: AppUser) -
     assert (await node(ann, ann.root))["mtime_ns"] == root_before["mtime_ns"]  # setattr: no
 
 
-def build_v1_database(path: Path) -> dict[str, int]:
+def build_v1_database(path: Path, token_sha256: str = "digest") -> dict[str, int]:
     """A data file as the version-1 server left it: a user with a tree, history and trash."""
     now = time.time_ns()
     conn = sqlite3.connect(path, isolation_level=None)
@@ -223,8 +223,8 @@ def build_v1_database(path: Path) -> dict[str, int]:
     conn.execute("INSERT INTO settings VALUES ('schema_version', '1')")
     conn.execute(
         "INSERT INTO users (user_id, name, token_sha256, root, logical_bytes, last_seq, "
-        "created_at_ns) VALUES (1, 'old', 'digest', 1, 2, 0, ?)",
-        (now,),
+        "created_at_ns) VALUES (1, 'old', ?, 1, 2, 0, ?)",
+        (token_sha256, now),
     )
     ids = {"root": 1, "a": 2, "b": 3, "c": 4, "f": 5, "trashed": 6}
     rows = [
