@@ -1,8 +1,9 @@
 """Hypothesis state machine: the SQLite metadata store against an in-memory oracle.
 
 Random mkdir/create/commit/move/delete/trash-restore/version-restore with tiny blocks; after every
-step the listings, histories and usage must match the oracle, and the store's own consistency check
-(refcounts, counters, availability, tree) must find nothing.
+step the listings, histories, usage, each directory's `subdirs` and mtime (the time of the last
+change of an entry in it) must match the oracle, and the store's own consistency check (refcounts,
+counters, availability, tree, subdirs) must find nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class ONode:
     history: list[tuple[int, bytes]] = field(default_factory=list)  # files: (version, content)
     trashed: bool = False
     original_parent: int | None = None
+    mtime_ns: int | None = None  # dirs: expected mtime (None: not known, the root at first)
 
     @property
     def version(self) -> int:
@@ -61,6 +63,7 @@ class MetaMachine(RuleBasedStateMachine):
         user, _ = self.run(self.store.create_user("u", None))
         self.uid, self.root = user.user_id, user.root
         self.nodes: dict[int, ONode] = {self.root: ONode("dir", None, "")}
+        self.seq = self.run(self.store.changes(self.uid, None, 1)).cursor
         for content in [b"x", b"xy", b"z", b"hello", b"lo", b"he", b"ll", b"yz"]:
             for block_id, size in split(content):
                 self.run(self.store.record_upload(self.uid, block_id, size))
@@ -81,6 +84,20 @@ class MetaMachine(RuleBasedStateMachine):
             return type(exc), None
 
     # ---- oracle helpers ------------------------------------------------------------------
+    def changed(self, *dir_ids: int | None) -> int:
+        """The time of the change(s) the last op logged; those directories now have it as
+        mtime. Every change row of one op carries the same time."""
+        page = self.run(self.store.changes(self.uid, self.seq, 10_000))
+        assert page.changes, "the op logged no change"
+        times = {c.time_ns for c in page.changes if c.seq > self.seq}
+        self.seq = page.cursor
+        last = page.changes[-1].time_ns
+        for dir_id in dir_ids:
+            if dir_id is not None:
+                self.nodes[dir_id].mtime_ns = last
+        assert len(times) == 1 or not dir_ids, times
+        return last
+
     def live(self, kind: str | None = None) -> list[int]:
         return sorted(
             i for i, n in self.nodes.items() if not n.trashed and (kind is None or n.kind == kind)
@@ -125,6 +142,9 @@ class MetaMachine(RuleBasedStateMachine):
             self.nodes[node.node_id] = ONode(
                 kind, parent, name, [(1, content)] if kind == "file" else []
             )
+            now = self.changed(parent)
+            if kind == "dir":
+                self.nodes[node.node_id].mtime_ns = now
 
     def uploaded(self) -> set[str]:
         return {
@@ -152,6 +172,7 @@ class MetaMachine(RuleBasedStateMachine):
         else:
             assert exc is None and result.version == node.version + 1
             node.history.append((node.version + 1, content))
+            self.changed()
 
     @rule(data=st.data(), name=NAMES, replace=st.booleans())
     def move(self, data: st.DataObject, name: str, replace: bool) -> None:
@@ -194,6 +215,7 @@ class MetaMachine(RuleBasedStateMachine):
                 del self.nodes[target]
             else:
                 t.trashed, t.original_parent, t.parent = True, t.parent, None
+        self.changed(node.parent, parent)
         node.parent, node.name = parent, name
 
     @rule(data=st.data())
@@ -207,9 +229,11 @@ class MetaMachine(RuleBasedStateMachine):
             assert exc is errors.NotEmptyError
         elif node.kind == "dir":
             assert exc is None and trashed is False
+            self.changed(node.parent)
             del self.nodes[node_id]
         else:
             assert exc is None and trashed is True
+            self.changed(node.parent)
             node.trashed, node.original_parent, node.parent = True, node.parent, None
 
     @rule(data=st.data())
@@ -229,6 +253,7 @@ class MetaMachine(RuleBasedStateMachine):
         else:
             assert exc is None
             node.trashed, node.parent = False, parent
+            self.changed(parent)
 
     @rule(data=st.data())
     def restore_version(self, data: st.DataObject) -> None:
@@ -241,6 +266,7 @@ class MetaMachine(RuleBasedStateMachine):
         exc, result = self.attempt(self.store.restore_version(self.uid, node_id, version, "d"))
         assert exc is None and result.version == node.version + 1
         node.history.append((node.version + 1, content))
+        self.changed()
 
     @rule()
     def purge_everything_old(self) -> None:
@@ -271,6 +297,19 @@ class MetaMachine(RuleBasedStateMachine):
                 if not n.trashed and n.parent == dir_id
             )
             assert got == want
+
+    @invariant()
+    def directories_match(self) -> None:
+        for dir_id in self.live("dir"):
+            got = self.run(self.store.get_node(self.uid, dir_id))
+            want = sum(
+                1
+                for n in self.nodes.values()
+                if not n.trashed and n.parent == dir_id and n.kind == "dir"
+            )
+            assert got.subdirs == want, (dir_id, got.subdirs, want)
+            if self.nodes[dir_id].mtime_ns is not None:
+                assert got.mtime_ns == self.nodes[dir_id].mtime_ns, dir_id
 
     @invariant()
     def histories_match(self) -> None:
