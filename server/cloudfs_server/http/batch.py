@@ -204,14 +204,19 @@ async def put_pack(request: web.Request) -> web.Response:
     # this user's own availability, never on whether someone else stored the block.
     missing = set(await meta.missing_blocks(user.user_id, [b for b, _ in records]))
     sem = asyncio.Semaphore(PACK_PARALLEL)
+    # Every block staged so far, so `finally` discards it whatever happens (also a client that
+    # goes away mid-pack); a block that fails to stage discards itself.
+    staged_any: list[StagedBlock] = []
 
     async def stage(block_id: str, data: bytes) -> StagedBlock:
         async with sem:
-            return await blocks.stage(block_id, _one(data), limit, block_id not in missing)
+            item = await blocks.stage(block_id, _one(data), limit, block_id not in missing)
+            staged_any.append(item)
+            return item
 
-    outcomes = await asyncio.gather(*(stage(b, d) for b, d in records), return_exceptions=True)
-    staged = [o for o in outcomes if isinstance(o, StagedBlock)]
     try:
+        outcomes = await asyncio.gather(*(stage(b, d) for b, d in records), return_exceptions=True)
+        staged = [o for o in outcomes if isinstance(o, StagedBlock)]
         for index, outcome in enumerate(outcomes):
             if isinstance(outcome, HashMismatchError):
                 block_id = records[index][0]
@@ -232,7 +237,7 @@ async def put_pack(request: web.Request) -> web.Response:
                 *(meta.record_upload(user.user_id, s.block_id, s.size) for s in staged)
             )
     finally:
-        await asyncio.gather(*(blocks.discard(s) for s in staged))
+        await asyncio.shield(asyncio.gather(*(blocks.discard(s) for s in staged_any)))
     return web.json_response(
         {
             "blocks": [
