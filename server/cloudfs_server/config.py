@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudfs_server.engines.blockstore import BlockStore
+from cloudfs_server.engines.chain import BlockChain, parse_blocks_url
 from cloudfs_server.engines.dir import DirBlockStore
+from cloudfs_server.engines.encrypt import load_key
 from cloudfs_server.engines.gclock import GcLock
 from cloudfs_server.engines.meta import MetadataStore
 from cloudfs_server.engines.sqlite import SqliteMetadataStore
@@ -29,6 +31,11 @@ class ServerConfig:
     synchronous: str = "FULL"
     max_long_polls: int = 10_000  # held /v1/changes requests; beyond: "retry_after_s" (busy)
     busy_retry_s: float = 10.0  # the back-off suggested to idle subscribers when busy
+    # Block engines (`--blocks`, engines/chain.py): empty = the directory engine under data_dir;
+    # two = a mirror. Layers: zstd (`--compress`), AES-256-GCM (`--encryption-key-file`).
+    blocks: tuple[str, ...] = ()
+    compress: bool = False
+    encryption_key_file: Path | None = None
 
 
 def open_stores(config: ServerConfig) -> tuple[MetadataStore, BlockStore, GcLock]:
@@ -37,4 +44,11 @@ def open_stores(config: ServerConfig) -> tuple[MetadataStore, BlockStore, GcLock
     meta = SqliteMetadataStore(
         data / "meta.sqlite3", threads=config.metadata_threads, synchronous=config.synchronous
     )
-    return meta, DirBlockStore(data), GcLock(data / "gc.lock")
+    return meta, block_chain(config).build(), GcLock(data / "gc.lock")
+
+
+def block_chain(config: ServerConfig) -> BlockChain:
+    """The block engines and layers the options select. Raises: StoreConfigError."""
+    engines = [parse_blocks_url(url) for url in config.blocks] or [DirBlockStore(config.data_dir)]
+    key = None if config.encryption_key_file is None else load_key(config.encryption_key_file)
+    return BlockChain(engines, compress=config.compress, key=key)

@@ -24,7 +24,11 @@ Tree (every class carries its protocol `code` and HTTP `status`; see docs/protoc
     ├── TooLargeError          413   body over the limit
     ├── RangeNotSatisfiableError 416 a block Range outside the block, malformed, or multi-part
     ├── QuotaExceededError     507   a commit would exceed the user's quota
-    └── StoreCorruptError      500   the stores disagree with themselves (fsck needed)
+    ├── StoreUnavailableError  503   the block store (e.g. S3) failed temporarily; `Retry-After`
+    │                                says when to try again (the request had no effect)
+    ├── StoreCorruptError      500   the stores disagree with themselves (fsck needed)
+    └── StoreConfigError       500   the block store options are unusable or do not match the
+                                     stored data (wrong key, other layers); raised at start-up
 """
 
 from __future__ import annotations
@@ -134,5 +138,26 @@ class QuotaExceededError(ServerError):
     code, status = "quota_exceeded", 507
 
 
+class StoreUnavailableError(ServerError):
+    """The block store answered with a temporary failure (connection refused, timeout, 5xx,
+    throttling). Nothing was stored or changed; retrying after `retry_after_s` can help."""
+
+    code, status = "store_unavailable", 503
+
+    def __init__(self, message: str, retry_after_s: int = 5) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.details["retry_after_s"])}
+
+
 class StoreCorruptError(ServerError):
     code, status = "store_corrupt", 500
+
+
+class StoreConfigError(ServerError):
+    """Raised while opening the stores: a bad `--blocks` URL or key file, or options that do
+    not match how the stored blocks were written (e.g. a wrong encryption key). The server
+    refuses to start; no retry helps until the options are fixed."""
+
+    code, status = "store_config", 500

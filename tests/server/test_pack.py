@@ -7,14 +7,16 @@ import os
 import statistics
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from cloudfs_server.config import ServerConfig
+from cloudfs_server.http.app import create_app
 from cloudfs_server.http.batch import PACK_TYPE
-from cloudfs_server.http.state import META
+from cloudfs_server.http.state import BLOCKS, META
 
 from tests.server.conftest import AppUser
 from tests.server.helpers import bid
@@ -139,3 +141,43 @@ async def test_another_users_block_looks_new_and_costs_the_same(ann: AppUser, be
         fresh.append(await timed([os.urandom(size) for _ in range(8)]))
     ratio = statistics.median(others) / statistics.median(fresh)
     assert 0.5 < ratio < 2.0, (others, fresh)
+
+
+async def test_pack_on_a_layered_s3_store_stores_like_put(
+    aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path, bucket_url: str
+) -> None:
+    """compress + encrypt over S3 (moto): no local files, staged blocks held by the layers; the
+    pack route goes through the same stage/publish/discard as PUT, so both users' answers and
+    the stored blocks match what PUT gives."""
+    key_file = tmp_path / "key"
+    key_file.write_bytes(os.urandom(32))
+    config = ServerConfig(
+        data_dir=tmp_path / "data",
+        synchronous="NORMAL",
+        blocks=(bucket_url,),
+        compress=True,
+        encryption_key_file=key_file,
+    )
+    client = await aiohttp_client(create_app(config))
+    users = []
+    for name in ("ann", "ben"):
+        info, token = await client.app[META].create_user(name, None)
+        users.append(AppUser(client, token, info.root))
+    ann, ben = users
+    blobs = [b"a" * 3000, os.urandom(4000)]
+    body = b"".join(record(b) for b in blobs)
+    for user in (ann, ben):  # ben's first pack stores too: another user's copy is not revealed
+        status, answer = await pack(user, body)
+        assert status == 200, answer
+        assert [b["stored"] for b in answer["blocks"]] == [True, True]
+        for blob in blobs:
+            assert await user.call("GET", f"/v1/blocks/{bid(blob)}") == (200, blob)
+    status, answer = await pack(ann, body)
+    assert [b["stored"] for b in answer["blocks"]] == [False, False]
+    status, answer = await ann.call("PUT", f"/v1/blocks/{bid(blobs[0])}", data=blobs[0])
+    assert status == 200 and answer["stored"] is False
+    status, answer = await pack(ann, record(b"x" * 10, block_id=bid(b"y" * 10)))
+    assert status == 400 and answer["error"] == "hash_mismatch"
+    assert sorted(await client.app[BLOCKS].list_ids()) == sorted(bid(b) for b in blobs)
+    report = await client.app[META].check(False, set())
+    assert report.errors == []

@@ -30,7 +30,11 @@ async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     meta, blocks, gc_lock = open_stores(config)
     await meta.open()
-    await blocks.open()
+    try:
+        await blocks.open()  # may refuse (unreachable store, wrong key): close meta then
+    except BaseException:
+        await meta.close()
+        raise
     app[META], app[BLOCKS], app[GC_LOCK] = meta, blocks, gc_lock
     try:
         yield

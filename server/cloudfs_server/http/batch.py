@@ -415,6 +415,7 @@ def paths() -> J:
                     ),
                     "400": _err("bad_request", "hash_mismatch"),
                     "413": _err("too_large"),
+                    "503": _err("store_unavailable"),
                 },
                 body={
                     "content": {
