@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import struct
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from cloudfs_server.http.app import META, ServerConfig, create_app
+from cloudfs_server.http.batch import PACK_TYPE
 
 from tests.server.conftest import AppUser
 from tests.server.helpers import bid
@@ -125,3 +127,39 @@ async def test_full_disk_answers_507_server_full_and_recovers(
         text = await resp.text()
     refused = [line for line in text.splitlines() if line.startswith("cloudfs_store_errors_total{")]
     assert refused == ['cloudfs_store_errors_total{code="server_full"} 23.0'], refused
+
+
+async def test_full_disk_answers_507_server_full_to_batch_and_pack(
+    full_client: TestClient, small_fs: Path
+) -> None:
+    """POST /v1/batch (apply_batch, SQLite) and POST /v1/blocks/pack (block engine, upload rows)
+    cross the same engine boundaries as the single routes: a full disk is 507, not 500."""
+    info, token = await full_client.app[META].create_user("ann", None)
+    ann = AppUser(full_client, token, info.root)
+    filler = small_fs / "filler"
+    fill(filler)
+
+    data = os.urandom(256 * 1024)
+    body = bytes.fromhex(bid(data)) + struct.pack(">I", len(data)) + data
+    status, answer = await ann.call(
+        "POST", "/v1/blocks/pack", data=body, headers={"Content-Type": PACK_TYPE}
+    )
+    assert (status, answer["error"]) == (507, "server_full"), answer
+
+    async def batch(i: int) -> tuple[int, object]:
+        ops = [
+            {"op": "create", "parent": ann.root, "name": f"b{i}-{k}", "type": "dir"}
+            for k in range(20)
+        ]
+        return await ann.call("POST", "/v1/batch", {"ops": ops})
+
+    status, answer = await until_refused(batch)
+    assert (status, answer["error"]) == (507, "server_full"), answer
+
+    filler.unlink()
+    status, answer = await ann.call(
+        "POST", "/v1/blocks/pack", data=body, headers={"Content-Type": PACK_TYPE}
+    )
+    assert status == 200 and answer["blocks"][0]["stored"] is True, answer
+    status, answer = await batch(10_000)
+    assert status == 200 and all(r["ok"] for r in answer["results"]), answer

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from cloudfs_server.config import DAY_NS, MiB, ServerConfig, open_stores
 from cloudfs_server.devices import routes as device_routes
-from cloudfs_server.http import routes
+from cloudfs_server.http import batch, routes
 from cloudfs_server.http.metrics import (
     Metrics,
     WarningLimiter,
@@ -104,6 +104,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app.on_shutdown.append(_wake_long_polls)
     app.on_response_prepare.append(count_sent_bytes(metrics))
     routes.setup(app)
+    batch.setup(app)  # POST /v1/batch, POST /v1/blocks/pack (issue 8: local-first sync)
     device_routes.setup(app)  # /v1/devices… (issue 5): routes, registry, lease task
     token = config.metrics_token
     handler = metrics_handler(metrics, token, token is not None)
