@@ -22,7 +22,10 @@ Tree (every class carries its protocol `code` and HTTP `status`; see docs/protoc
     ├── TooLargeError          413   body over the limit
     ├── RangeNotSatisfiableError 416 a block Range outside the block, malformed, or multi-part
     ├── QuotaExceededError     507   a commit would exceed the user's quota
-    └── StoreCorruptError      500   the stores disagree with themselves (fsck needed)
+    ├── StoreCorruptError      500   the stores disagree with themselves (fsck needed)
+    └── StoreUnavailableError  503   a store (PostgreSQL) cannot be reached right now; retry
+                                     after `Retry-After` seconds (nothing was changed, or the
+                                     outcome of a commit is unknown: re-read before redoing it)
 """
 
 from __future__ import annotations
@@ -130,3 +133,19 @@ class QuotaExceededError(ServerError):
 
 class StoreCorruptError(ServerError):
     code, status = "store_corrupt", 500
+
+
+class StoreUnavailableError(ServerError):
+    """A store's service (the PostgreSQL database) cannot be reached or went away mid-call.
+
+    Raised by the engine boundary for connection errors. A retry after `retry_after_s` can help;
+    the engines reconnect by themselves.
+    """
+
+    code, status = "store_unavailable", 503
+
+    def __init__(self, message: str, retry_after_s: int = 2, **details: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.details["retry_after_s"])}

@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 
 from cloudfs_server.cli import maintenance, serve, users
-from cloudfs_server.cli.common import CliError, StoreCommand, require_data, with_stores
+from cloudfs_server.cli.common import (
+    CliError,
+    StoreCommand,
+    add_store_args,
+    require_data,
+    with_stores,
+)
 from cloudfs_server.errors import ServerError
 
 STORE_COMMANDS: dict[str, StoreCommand] = {**users.COMMANDS, **maintenance.COMMANDS}
@@ -27,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--data", required=True, metavar="DIR", help="data directory")
+        add_store_args(p)
         return p
 
     serve.add_parser(cmd)

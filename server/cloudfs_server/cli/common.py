@@ -21,14 +21,35 @@ class CliError(Exception):
     """A usage problem found by the CLI itself (bad data dir, bad argument)."""
 
 
+def add_store_args(p: argparse.ArgumentParser) -> None:
+    """The options every command takes to find its stores."""
+    p.add_argument("--data", required=True, metavar="DIR", help="data directory")
+    p.add_argument(
+        "--meta",
+        metavar="URL",
+        type=meta_url_arg,
+        default=None,
+        help="metadata in PostgreSQL (postgresql://…) instead of DIR's embedded database",
+    )
+
+
+def meta_url_arg(text: str) -> str:
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError("--meta must be a postgresql:// URL")
+    return text
+
+
 def store_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         data_dir=Path(args.data),
         retention_days=getattr(args, "retention_days", 30.0),
+        meta_url=getattr(args, "meta", None),
     )
 
 
 def require_data(args: argparse.Namespace) -> None:
+    if getattr(args, "meta", None) is not None:
+        return  # the database holds the metadata; a missing schema is created on open
     if not (Path(args.data) / "meta.sqlite3").exists():
         raise CliError(f"no cloudfs data in {args.data} (create it with `serve` or `add-user`)")
 
@@ -40,6 +61,7 @@ async def with_stores(args: argparse.Namespace, command: StoreCommand) -> int:
     try:
         return await command(args, meta, blocks, lock)
     finally:
+        lock.close()
         await blocks.close()
         await meta.close()
 

@@ -18,7 +18,8 @@ log = logging.getLogger("cloudfs_server")
 
 
 def lock_serving(data: Path) -> int:
-    """One server per data directory: long-poll wake-ups are in-process (released at exit)."""
+    """One server per data directory on the embedded engine: its long-poll wake-ups are
+    in-process (released at exit)."""
     fd = os.open(data / "serve.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -35,6 +36,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     config = ServerConfig(
         data_dir=Path(args.data),
+        meta_url=args.meta,
         retention_days=args.retention_days,
         purge_interval_s=args.purge_interval,
         max_long_polls=args.max_long_polls,
@@ -80,6 +82,10 @@ def add_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     Path(args.data).mkdir(parents=True, exist_ok=True)
+    if args.meta is not None:
+        # Shared metadata: any number of servers on one database is the point (wake-ups cross
+        # servers through LISTEN/NOTIFY, the gc lock is an advisory lock), so no serve.lock.
+        return asyncio.run(serve(args))
     serve_lock = lock_serving(Path(args.data))
     try:
         return asyncio.run(serve(args))

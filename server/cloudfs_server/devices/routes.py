@@ -12,18 +12,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from cloudfs_server.config import open_device_store
 from cloudfs_server.devices.registry import (
     DEFAULT_LEASE_S,
     MAX_LEASE_S,
     MIN_LEASE_S,
     DeviceRegistry,
 )
-from cloudfs_server.devices.store import DeviceStore, SqliteDeviceStore
+from cloudfs_server.devices.store import DeviceStore
 from cloudfs_server.errors import BadRequestError, NotFoundError, ServerError
 from cloudfs_server.http.routes import json_body, reject_unknown, require
 from cloudfs_server.http.state import CONFIG, current_user
@@ -208,7 +208,7 @@ def _registry_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         device_store = store
         if device_store is None:
-            device_store = SqliteDeviceStore(Path(app[CONFIG].data_dir) / "devices.sqlite3")
+            device_store = open_device_store(app[CONFIG])
         await device_store.open()
         registry = DeviceRegistry(device_store, default_lease_s)
         restored = await registry.restore()
@@ -234,7 +234,7 @@ def setup(
 ) -> None:
     """Register the device routes and the registry's lifecycle (store, restore, lease task).
 
-    `store` defaults to SQLite in `<data dir>/devices.sqlite3`.
+    `store` defaults to the config's engine (`config.open_device_store`).
     """
     for method, path, handler, name in ROUTES:
         if method == "GET":

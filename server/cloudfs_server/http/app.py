@@ -32,9 +32,15 @@ async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
     await meta.open()
     await blocks.open()
     app[META], app[BLOCKS], app[GC_LOCK] = meta, blocks, gc_lock
+    # Changes committed through other servers on a shared database wake this one's long-polls.
+    watcher = asyncio.create_task(meta.watch_changes(app[NOTIFIER].notify), name="ChangeWatchTask")
     try:
         yield
     finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        gc_lock.close()
         await blocks.close()
         await meta.close()
 
