@@ -37,8 +37,9 @@ class User:
 class ServerProcess:
     """A `cloudfs-server serve` child process on a free loopback port."""
 
-    def __init__(self, data_dir: Path, *extra_args: str) -> None:
+    def __init__(self, data_dir: Path, *extra_args: str, meta_url: str | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.meta_url = meta_url  # PostgreSQL metadata (`--meta`), else the embedded engine
         self.extra_args = extra_args
         self.proc: subprocess.Popen[str] | None = None
         self.url = ""
@@ -50,8 +51,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             server_cmd(
                 "serve",
-                "--data",
-                str(self.data_dir),
+                *self.store_args(),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -102,8 +102,14 @@ class ServerProcess:
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def store_args(self) -> list[str]:
+        """`--data DIR` and, on PostgreSQL, `--meta URL`: what every command needs."""
+        meta = ["--meta", self.meta_url] if self.meta_url else []
+        return ["--data", str(self.data_dir), *meta]
+
     def add_user(self, name: str, *extra: str) -> User:
-        return add_user(self.data_dir, name, *extra)
+        meta = ("--meta", self.meta_url) if self.meta_url else ()
+        return add_user(self.data_dir, name, *meta, *extra)
 
     def request(
         self,

@@ -128,7 +128,7 @@ def no_unexpected_server_errors(
     if srv is not None and srv.proc is not None:
         # Whatever the test did, the stores it leaves behind are consistent.
         check = subprocess.run(
-            server_cmd("fsck", "--data", str(srv.data_dir)), capture_output=True, text=True
+            server_cmd("fsck", *srv.store_args()), capture_output=True, text=True
         )
         assert check.returncode == 0, check.stdout + check.stderr
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from cloudfs_server.config import DAY_NS, MiB, ServerConfig, open_stores
 from cloudfs_server.devices import routes as device_routes
+from cloudfs_server.errors import StoreUnavailableError
 from cloudfs_server.http import routes
 from cloudfs_server.http.middleware import auth_middleware, error_middleware
 from cloudfs_server.http.notify import ChangeNotifier
@@ -56,6 +57,9 @@ async def _purge_ctx(app: web.Application) -> AsyncIterator[None]:
             delay = config.purge_interval_s
             try:
                 versions, trashed = await app[META].purge(int(config.retention_days * DAY_NS))
+            except StoreUnavailableError as exc:  # the database is away: it is not our fault
+                log.warning("purge postponed by %g s: %s", delay, exc.message)
+                continue
             except Exception:  # a background task's boundary: log, keep serving, retry later
                 log.exception("purge failed; retrying in %g s", delay)
                 continue
