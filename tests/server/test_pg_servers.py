@@ -245,3 +245,89 @@ def test_database_down_answers_503_and_recovers_without_losing_commits(tmp_path:
         if srv is not None:
             srv.stop()
         cluster.destroy()
+
+
+@pytest.mark.slow
+def test_migrate_copies_an_embedded_deployment_into_postgres(
+    pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    embedded = ServerProcess(data).start()
+    try:
+        alice = embedded.add_user("alice")
+        root = root_of(embedded, alice)
+        status, d = embedded.request(
+            "POST", f"/v1/nodes/{root}/children", alice, {"name": "docs", "type": "dir"}
+        )
+        assert status == 201 and isinstance(d, dict)
+        f = put_file(embedded, alice, d["id"], "a.txt", b"one")
+        status, _ = embedded.request("PUT", f"/v1/blocks/{bid(b'two')}", alice, data=b"two")
+        status, _ = embedded.request(
+            "PUT",
+            f"/v1/nodes/{f['id']}/content",
+            alice,
+            {"base_version": 1, "size": 3, "blocks": [[bid(b"two"), 3]]},
+        )
+        assert status == 200
+        gone = put_file(embedded, alice, root, "gone", b"bye")
+        assert embedded.request("DELETE", f"/v1/nodes/{gone['id']}", alice)[0] in (200, 204)
+        status, before = embedded.request("GET", "/v1/changes?cursor=0", alice)
+        assert status == 200 and isinstance(before, dict)
+    finally:
+        embedded.stop()
+    dsn = pg_cluster.new_database("migrate")
+    out = subprocess.run(
+        server_cmd("migrate", "--data", str(data), "--meta", dsn), capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "copied 1 users row(s)" in out.stdout and "fsck clean" in out.stdout, out.stdout
+    again = subprocess.run(
+        server_cmd("migrate", "--data", str(data), "--meta", dsn), capture_output=True, text=True
+    )
+    assert again.returncode == 1 and "already holds users" in again.stderr, again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1, again.stderr
+
+    shared = ServerProcess(data, meta_url=dsn).start()
+    try:
+        assert root_of(shared, alice) == root  # the same token still works
+        status, got = shared.request("GET", f"/v1/nodes/{f['id']}?blocks=1", alice)
+        assert status == 200 and isinstance(got, dict)
+        assert got["version"] == 2 and got["blocks"] == [[bid(b"two"), 3]]
+        status, block = shared.request("GET", f"/v1/blocks/{bid(b'one')}", alice)
+        assert status == 200 and block == b"one"  # v1's block, still in DIR
+        status, trash = shared.request("GET", "/v1/trash", alice)
+        assert status == 200 and isinstance(trash, dict)
+        assert [e["id"] for e in trash["entries"]] == [gone["id"]]
+        status, after = shared.request("GET", "/v1/changes?cursor=0", alice)
+        assert status == 200 and isinstance(after, dict)
+        assert after["changes"] == before["changes"]
+        new = put_file(shared, alice, root, "new", b"new")  # ids and seqs continue
+        assert new["id"] > gone["id"]
+        status, page = shared.request("GET", f"/v1/changes?cursor={before['cursor']}", alice)
+        assert status == 200 and isinstance(page, dict)
+        assert [c["seq"] for c in page["changes"]] == [before["cursor"] + 1]
+        assert_clean(shared)
+    finally:
+        shared.stop()
+
+
+def test_commands_name_a_bad_or_unreachable_database_in_one_line(tmp_path: Path) -> None:
+    bad = subprocess.run(
+        server_cmd("list-users", "--data", str(tmp_path), "--meta", "mysql://x"),
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode != 0 and "--meta must be a postgresql:// URL" in bad.stderr
+    away = subprocess.run(
+        server_cmd(
+            "list-users",
+            "--data",
+            str(tmp_path),
+            "--meta",
+            f"postgresql://cloudfs@/x?host={tmp_path}&port=1",
+        ),
+        capture_output=True,
+        text=True,
+    )
+    assert away.returncode == 1, away.stderr
+    assert away.stderr.strip().count("\n") == 0 and "is unavailable" in away.stderr, away.stderr

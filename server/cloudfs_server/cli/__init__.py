@@ -1,5 +1,5 @@
 """`cloudfs-server` command line: serve (cli/serve.py), users (cli/users.py), fsck, gc, purge,
-usage, compact-log (cli/maintenance.py).
+usage, compact-log (cli/maintenance.py), migrate (cli/migrate.py).
 
 The CLI is a translation boundary: a `ServerError` becomes one line on stderr and exit status 1.
 """
@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cloudfs_server.cli import maintenance, serve, users
+from cloudfs_server.cli import maintenance, migrate, serve, users
 from cloudfs_server.cli.common import (
     CliError,
     StoreCommand,
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     serve.add_parser(cmd)
+    migrate.add_parser(cmd)
     users.add_parsers(cmd)
     maintenance.add_parsers(cmd)
     return parser
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "serve":
             code = serve.run(args)
+        elif args.command == "migrate":
+            code = migrate.run(args)
         else:
             if args.command != "add-user":
                 require_data(args)
