@@ -1,9 +1,10 @@
-"""The device registry over HTTP (`/v1/devices…`) against a real `cloudfs-server` process."""
+"""The device registry over HTTP (`/v1/devices…`) against a real `cloudfs-server` process, on
+the embedded engine and on PostgreSQL (where the registry re-reads the shared device list)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -12,6 +13,19 @@ from cloudfs_server.devices.registry import DeviceRegistry
 from cloudfs_server.devices.store import SqliteDeviceStore
 
 from tests.support import ServerProcess, User
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """This module's server runs on each metadata engine (PostgreSQL: a new database)."""
+    meta = None
+    if request.param == "postgres":
+        meta = request.getfixturevalue("pg_cluster").new_database("dev")
+    srv = ServerProcess(tmp_path / "data", meta_url=meta).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def bid(n: int | str) -> str:

@@ -20,6 +20,8 @@ T = TypeVar("T")
 class PgDeviceStore(DeviceStore):
     """One connection, used from worker threads one call at a time; reconnects after a failure."""
 
+    shared = True
+
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.hint = dsn_hint(dsn)
@@ -106,3 +108,41 @@ class PgDeviceStore(DeviceStore):
                 (user_id, device_id, session),
             )
         )
+
+    async def load_user(self, user_id: int) -> list[DeviceRecord]:
+        rows = await self._run(
+            lambda c: c.execute(
+                "SELECT user_id, device_id, device_name, session, joined_ns, last_seen_ns,"
+                " lease_s FROM devices WHERE user_id = %s ORDER BY device_id",
+                (user_id,),
+            ).fetchall()
+        )
+        return [DeviceRecord(*row) for row in rows]
+
+    async def claim(self, record: DeviceRecord) -> bool:
+        cur = await self._run(
+            lambda c: c.execute(
+                "INSERT INTO devices VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (user_id, device_id) DO NOTHING",
+                (
+                    record.user_id,
+                    record.device_id,
+                    record.device_name,
+                    record.session,
+                    record.joined_ns,
+                    record.last_seen_ns,
+                    record.lease_s,
+                ),
+            )
+        )
+        return cur.rowcount == 1
+
+    async def expire(self, user_id: int, device_id: int, session: str, seen_before_ns: int) -> bool:
+        cur = await self._run(
+            lambda c: c.execute(
+                "DELETE FROM devices WHERE user_id = %s AND device_id = %s AND session = %s"
+                " AND last_seen_ns < %s",
+                (user_id, device_id, session, seen_before_ns),
+            )
+        )
+        return cur.rowcount == 1
