@@ -15,17 +15,22 @@ from cloudfs_server.devices.store import SqliteDeviceStore
 from tests.support import ServerProcess, User
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
-    """This module's server runs on each metadata engine (PostgreSQL: a new database)."""
+    """This module's server, on the embedded engine unless a test asks for both (`BOTH`);
+    PostgreSQL gets a new database on the session's cluster."""
     meta = None
-    if request.param == "postgres":
+    if getattr(request, "param", "sqlite") == "postgres":
         meta = request.getfixturevalue("pg_cluster").new_database("dev")
     srv = ServerProcess(tmp_path / "data", meta_url=meta).start()
     try:
         yield srv
     finally:
         srv.stop()
+
+
+# The tests whose behaviour depends on the device store (ids, sessions, leases, restarts).
+BOTH = pytest.mark.parametrize("server", ["sqlite", "postgres"], indirect=True)
 
 
 def bid(n: int | str) -> str:
@@ -96,6 +101,7 @@ def wait_until(what: str, cond: Callable[[], bool], timeout_s: float = 10.0) -> 
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+@BOTH
 def test_the_issues_example_over_http(server: ServerProcess, alice: User) -> None:
     b1, b2, b3, b4 = (bid(i) for i in range(1, 5))
     one = Dev(server, alice, "one", [b1, b2])
@@ -140,6 +146,7 @@ def test_device_name_defaults_to_the_device_header(server: ServerProcess, alice:
     assert devices_of(server, alice)[0]["device_name"] == "test"  # tests.support's header
 
 
+@BOTH
 def test_blocks_added_and_removed_in_batches(server: ServerProcess, alice: User) -> None:
     ids = [bid(i) for i in range(25_000)]
     dev = Dev(server, alice, "big", ids[:10_000])
@@ -266,6 +273,7 @@ def test_bad_input_is_a_clear_400_or_404(server: ServerProcess, alice: User) -> 
     assert [(d["device_id"], d["blocks"]) for d in devices_of(server, alice)] == [(1, 0)]
 
 
+@BOTH
 def test_a_device_that_stops_heartbeating_expires_and_its_id_is_reused(
     server: ServerProcess, alice: User
 ) -> None:
@@ -284,6 +292,7 @@ def test_a_device_that_stops_heartbeating_expires_and_its_id_is_reused(
     assert Dev(server, alice, "new", []).device_id == quiet.device_id  # the freed id, reused
 
 
+@BOTH
 def test_restart_keeps_live_ids_until_their_lease_runs_out(
     server: ServerProcess, alice: User
 ) -> None:
@@ -313,6 +322,7 @@ def test_restart_keeps_live_ids_until_their_lease_runs_out(
     assert status == 404
 
 
+@BOTH
 def test_state_survives_kill_9_of_the_server(server: ServerProcess, alice: User) -> None:
     a = Dev(server, alice, "a", [])
     Dev(server, alice, "b", [])

@@ -147,18 +147,40 @@ def test_change_through_one_server_wakes_a_long_poll_held_by_the_other(
 
 
 @pytest.mark.slow
-def test_devices_joined_on_one_server_are_listed_by_the_other(
+def test_device_list_and_sessions_are_shared_by_every_server(
     two_servers: list[ServerProcess],
 ) -> None:
-    """The device list lives in the database: every server hands out distinct ids."""
     a, b = two_servers
     alice = a.add_user("alice")
-    status, first = a.request("POST", "/v1/devices", alice, {"name": "laptop"})
-    assert status in (200, 201), first
-    status, second = b.request("POST", "/v1/devices", alice, {"name": "phone"})
-    assert status in (200, 201), second
-    assert isinstance(first, dict) and isinstance(second, dict)
-    assert first["device_id"] != second["device_id"]
+    start = threading.Barrier(8)
+
+    def join(i: int) -> dict[str, Any]:
+        srv = (a, b)[i % 2]
+        start.wait()
+        status, answer = srv.request("POST", "/v1/devices", alice, {"device_name": f"d{i}"})
+        assert status == 201 and isinstance(answer, dict), answer
+        return answer
+
+    with ThreadPoolExecutor(8) as pool:
+        joined = list(pool.map(join, range(8)))
+    assert sorted(d["device_id"] for d in joined) == list(range(1, 9))  # no id handed out twice
+    for srv in (a, b):
+        status, listed = srv.request("GET", "/v1/devices", alice)
+        assert status == 200 and isinstance(listed, dict)
+        assert sorted(d["device_name"] for d in listed["devices"]) == [f"d{i}" for i in range(8)]
+    # A session opened on one server is valid on the other; leaving through B frees it on A.
+    first = joined[0]  # joined through A
+    path = f"/v1/devices/{first['device_id']}"
+    status, beat = b.request("POST", path + "/heartbeat", alice, {"session": first["session"]})
+    assert status == 200, beat
+    status, _ = b.request("POST", path + "/heartbeat", alice, {"session": "not-the-session"})
+    assert status == 404
+    status, _ = b.request("POST", path + "/leave", alice, {"session": first["session"]})
+    assert status == 200
+    status, _ = a.request("POST", path + "/heartbeat", alice, {"session": first["session"]})
+    assert status == 404
+    status, again = a.request("POST", "/v1/devices", alice, {"device_name": "later"})
+    assert status == 201 and isinstance(again, dict) and again["device_id"] == first["device_id"]
 
 
 @pytest.mark.slow
