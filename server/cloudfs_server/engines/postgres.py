@@ -239,14 +239,10 @@ class PostgresMetadataStore(SqliteMetadataStore):
         except psycopg.Error:
             log.debug("closing a broken connection failed", exc_info=True)
 
-    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> T:
-        """Run `fn(conn, *args)` in one transaction (in a worker thread). This is the engine's
-        boundary: connection errors become StoreUnavailableError; serialization failures retry."""
-        begin = (
-            "BEGIN ISOLATION LEVEL SERIALIZABLE"
-            if write
-            else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-        )
+    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...], begin: str) -> T:
+        """Run `fn(conn, *args)` in one transaction (in a worker thread) started by `begin`.
+        This is the engine's boundary: connection errors become StoreUnavailableError;
+        serialization failures retry."""
         deadline = time.monotonic() + RETRY_BUDGET_S
         delay_s = 0.002
         reconnected = False
@@ -306,22 +302,24 @@ class PostgresMetadataStore(SqliteMetadataStore):
         except psycopg.Error:
             self._drop(conn)
 
-    async def _run(self, fn: Callable[..., T], args: tuple[Any, ...], write: bool) -> T:
+    async def _run(self, fn: Callable[..., T], args: tuple[Any, ...], begin: str) -> T:
         if not self._open:
             raise RuntimeError("the metadata store is not open")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, functools.partial(self._transaction, fn, args, write)
+            self._executor, functools.partial(self._transaction, fn, args, begin)
         )
 
     async def _write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
-        return await self._run(fn, args, True)
+        return await self._run(fn, args, "BEGIN ISOLATION LEVEL SERIALIZABLE")
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        return await self._run(fn, args, False)
+        return await self._run(fn, args, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     # ---- lifecycle -----------------------------------------------------------------------
     def _migrate(self, conn: PgConn) -> int:
+        # READ COMMITTED (see `_schema`): after waiting for the lock, each statement sees what a
+        # server that migrated meanwhile committed; a snapshot from before the wait would not.
         raw = conn.raw
         encoding = raw.execute("SHOW server_encoding").fetchone()
         if encoding is None or encoding[0].upper() not in ("UTF8", "UTF-8"):
@@ -347,7 +345,7 @@ class PostgresMetadataStore(SqliteMetadataStore):
     async def open(self) -> None:
         self._open = True
         try:
-            await self._write(self._migrate)
+            await self._schema()
         except BaseException:
             self._open = False
             raise
@@ -355,7 +353,10 @@ class PostgresMetadataStore(SqliteMetadataStore):
     async def migrate_schema(self) -> int:
         """Apply the missing schema steps (what `open` does); returns how many were applied."""
         self._open = True
-        return await self._write(self._migrate)
+        return await self._schema()
+
+    async def _schema(self) -> int:
+        return await self._run(self._migrate, (), "BEGIN ISOLATION LEVEL READ COMMITTED")
 
     async def close(self) -> None:
         self._open = False
