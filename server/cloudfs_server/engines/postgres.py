@@ -7,15 +7,19 @@ connection behind the same small `execute` interface, so the two engines cannot 
 every write is one SERIALIZABLE transaction, retried from the start on a serialization failure.
 SERIALIZABLE gives the outcome of some serial order, which is exactly what those functions were
 written for (SQLite has one writer): the base-version check of a commit, the per-account
-`users.last_seq + 1` and the quota checks need no extra row locks. Reads run in a REPEATABLE READ
-READ ONLY transaction (one snapshot, never a serialization failure). Connection errors become
-`StoreUnavailableError` (503 + Retry-After) at this boundary; each worker thread reconnects on its
-next call, so the server recovers by itself when the database comes back.
+`users.last_seq + 1` and the quota checks need no extra row locks. So that one account's writes
+do not keep failing on its `users` row, a namespace write first takes that account's advisory
+lock (session level, before BEGIN, so its snapshot includes the previous writer's commit), on
+whichever server it runs; writes of different accounts run in parallel. Reads run in a
+REPEATABLE READ READ ONLY transaction (one snapshot, never a serialization failure). Connection
+errors become `StoreUnavailableError` (503 + Retry-After) at this boundary; each worker thread
+reconnects on its next call, so the server recovers by itself when the database comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import random
@@ -45,6 +49,9 @@ CHANNEL = "cloudfs_changes"
 # Advisory lock keys (any constants unique to cloudfs in this database).
 MIGRATE_LOCK_KEY = 0x636C6F7564667301  # serialises schema migrations of servers starting at once
 GC_LOCK_KEY = 0x636C6F7564667302  # the gc lock: shared by uploads, exclusive for gc
+# The account whose namespace the current task is writing (set by the overrides below, read by
+# `_write`): its advisory lock key is the user id (all other keys above are far larger).
+WRITER: contextvars.ContextVar[int | None] = contextvars.ContextVar("cloudfs_writer", default=None)
 # A write that keeps losing serialization races gives up after this long (then 503: retry).
 RETRY_BUDGET_S = 10.0
 CONNECT_TIMEOUT_S = 3
@@ -239,25 +246,38 @@ class PostgresMetadataStore(SqliteMetadataStore):
         except psycopg.Error:
             log.debug("closing a broken connection failed", exc_info=True)
 
-    def _transaction(self, fn: Callable[..., T], args: tuple[Any, ...], begin: str) -> T:
-        """Run `fn(conn, *args)` in one transaction (in a worker thread) started by `begin`.
-        This is the engine's boundary: connection errors become StoreUnavailableError;
-        serialization failures retry."""
+    def _transaction(
+        self, fn: Callable[..., T], args: tuple[Any, ...], begin: str, writer: int | None = None
+    ) -> T:
+        """Run `fn(conn, *args)` in one transaction (in a worker thread) started by `begin` ("":
+        one statement in autocommit),
+        holding account `writer`'s advisory lock if given. This is the engine's boundary:
+        connection errors become StoreUnavailableError; serialization failures retry."""
         deadline = time.monotonic() + RETRY_BUDGET_S
         delay_s = 0.002
         reconnected = False
         while True:
             conn = self._pg()
             committing = False
+            locked = False
             try:
                 conn.changed_users.clear()
-                conn.raw.execute(begin)
+                if writer is not None:
+                    # Before BEGIN: the snapshot must be taken after the wait for the lock.
+                    locked = True
+                    conn.raw.execute("SELECT pg_advisory_lock(%s)", (writer,))
+                if begin:
+                    conn.raw.execute(begin)
                 result = fn(conn, *args)
-                for user_id in sorted(conn.changed_users):
-                    # Delivered to every LISTENing server when (and only if) this commits.
-                    conn.raw.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(user_id)))
+                # Delivered to every LISTENing server when (and only if) this commits; sent with
+                # the COMMIT in one round trip (the interpolated values are constants and ints).
+                notify = "".join(
+                    f"SELECT pg_notify('{CHANNEL}', '{int(user_id)}'); "
+                    for user_id in sorted(conn.changed_users)
+                )
                 committing = True
-                conn.raw.execute("COMMIT")
+                if begin:
+                    conn.raw.execute(f"{notify}COMMIT".encode())
                 return result
             except (
                 psycopg.errors.SerializationFailure,
@@ -292,6 +312,12 @@ class PostgresMetadataStore(SqliteMetadataStore):
             except BaseException:
                 self._rollback(conn)
                 raise
+            finally:
+                if locked and not (conn.raw.closed or conn.raw.broken):
+                    try:
+                        conn.raw.execute(f"SELECT pg_advisory_unlock({int(writer)})".encode())
+                    except psycopg.Error:
+                        self._drop(conn)  # closing the session releases the lock
 
     def _rollback(self, conn: PgConn) -> None:
         if conn.raw.closed or conn.raw.broken:
@@ -302,16 +328,48 @@ class PostgresMetadataStore(SqliteMetadataStore):
         except psycopg.Error:
             self._drop(conn)
 
-    async def _run(self, fn: Callable[..., T], args: tuple[Any, ...], begin: str) -> T:
+    async def _run(
+        self, fn: Callable[..., T], args: tuple[Any, ...], begin: str, writer: int | None = None
+    ) -> T:
         if not self._open:
             raise RuntimeError("the metadata store is not open")
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, functools.partial(self._transaction, fn, args, begin)
+            self._executor, functools.partial(self._transaction, fn, args, begin, writer)
         )
 
     async def _write(self, fn: Callable[..., T], *args: Any, durable: bool = True) -> T:
-        return await self._run(fn, args, "BEGIN ISOLATION LEVEL SERIALIZABLE")
+        return await self._run(fn, args, "BEGIN ISOLATION LEVEL SERIALIZABLE", WRITER.get())
+
+    async def _as_writer(self, user_id: int, write: Awaitable[T]) -> T:
+        """Await the inherited namespace write `write` holding `user_id`'s advisory lock."""
+        token = WRITER.set(user_id)
+        try:
+            return await write
+        finally:
+            WRITER.reset(token)
+
+    # The inherited namespace writes, each under its account's lock (see the module docstring).
+    async def create_node(self, user_id: int, *args: Any, **kwargs: Any) -> Node:
+        return await self._as_writer(user_id, super().create_node(user_id, *args, **kwargs))
+
+    async def commit(self, user_id: int, *args: Any, **kwargs: Any) -> Node:
+        return await self._as_writer(user_id, super().commit(user_id, *args, **kwargs))
+
+    async def setattr(self, user_id: int, *args: Any, **kwargs: Any) -> Node:
+        return await self._as_writer(user_id, super().setattr(user_id, *args, **kwargs))
+
+    async def move(self, user_id: int, *args: Any, **kwargs: Any) -> tuple[Node, int | None]:
+        return await self._as_writer(user_id, super().move(user_id, *args, **kwargs))
+
+    async def delete(self, user_id: int, *args: Any, **kwargs: Any) -> bool:
+        return await self._as_writer(user_id, super().delete(user_id, *args, **kwargs))
+
+    async def restore_version(self, user_id: int, *args: Any, **kwargs: Any) -> Node:
+        return await self._as_writer(user_id, super().restore_version(user_id, *args, **kwargs))
+
+    async def restore_trash(self, user_id: int, *args: Any, **kwargs: Any) -> Node:
+        return await self._as_writer(user_id, super().restore_trash(user_id, *args, **kwargs))
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._run(fn, args, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -417,7 +475,7 @@ class PostgresMetadataStore(SqliteMetadataStore):
             ).fetchone()
             return None if row is None else UserInfo(*row)
 
-        return await self._read(run)
+        return await self._run(run, (), "")  # one statement: no transaction needed
 
     @staticmethod
     def _usage(conn: Any, user_id: int) -> Usage:
