@@ -156,13 +156,13 @@ class DeviceRegistry:
         account = self._account(user_id)
         for device_id, row in stored.items():
             deadline = now + row.lease_s - max(0, now_ns - row.last_seen_ns) / 1e9
-            device = account.devices.get(device_id)
-            if device is None:
+            known = account.devices.get(device_id)
+            if known is None:
                 account.sharing.claim(device_id)  # joined through another server: no blocks here
                 self._track(account, row, now, deadline)
             else:
-                device.record.last_seen_ns = max(device.record.last_seen_ns, row.last_seen_ns)
-                device.deadline = max(device.deadline, deadline)
+                known.record.last_seen_ns = max(known.record.last_seen_ns, row.last_seen_ns)
+                known.deadline = max(known.deadline, deadline)
 
     async def _join_shared(
         self, user_id: int, device_name: str, blocks: list[str], lease: int

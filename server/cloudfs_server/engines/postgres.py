@@ -313,7 +313,7 @@ class PostgresMetadataStore(SqliteMetadataStore):
                 self._rollback(conn)
                 raise
             finally:
-                if locked and not (conn.raw.closed or conn.raw.broken):
+                if locked and writer is not None and not (conn.raw.closed or conn.raw.broken):
                     try:
                         conn.raw.execute(f"SELECT pg_advisory_unlock({int(writer)})".encode())
                     except psycopg.Error:
@@ -502,7 +502,7 @@ class PostgresMetadataStore(SqliteMetadataStore):
         return Usage(logical, stored, quota, files, dirs)
 
     async def server_usage(self) -> ServerUsage:
-        def run(conn: PgConn) -> ServerUsage:
+        def run(conn: Any) -> ServerUsage:
             out = ServerUsage()
             for user_id, name in conn.execute("SELECT user_id, name FROM users ORDER BY name"):
                 usage = self._usage(conn, user_id)
