@@ -101,7 +101,6 @@ def wait_until(what: str, cond: Callable[[], bool], timeout_s: float = 10.0) -> 
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-@BOTH
 def test_the_issues_example_over_http(server: ServerProcess, alice: User) -> None:
     b1, b2, b3, b4 = (bid(i) for i in range(1, 5))
     one = Dev(server, alice, "one", [b1, b2])
@@ -146,7 +145,6 @@ def test_device_name_defaults_to_the_device_header(server: ServerProcess, alice:
     assert devices_of(server, alice)[0]["device_name"] == "test"  # tests.support's header
 
 
-@BOTH
 def test_blocks_added_and_removed_in_batches(server: ServerProcess, alice: User) -> None:
     ids = [bid(i) for i in range(25_000)]
     dev = Dev(server, alice, "big", ids[:10_000])

@@ -322,7 +322,7 @@ def test_postgres_store_matches_oracle(pg_cluster: PgCluster) -> None:
     run_state_machine_as_test(
         PgMetaMachine,
         settings=settings(
-            max_examples=12,
+            max_examples=8,
             stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],

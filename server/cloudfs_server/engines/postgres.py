@@ -256,6 +256,7 @@ class PostgresMetadataStore(SqliteMetadataStore):
         deadline = time.monotonic() + RETRY_BUDGET_S
         delay_s = 0.002
         reconnected = False
+        unique_retries = 0
         while True:
             conn = self._pg()
             committing = False
@@ -288,6 +289,12 @@ class PostgresMetadataStore(SqliteMetadataStore):
                 # from the start; the functions then see the winner's rows (and raise, e.g.
                 # VersionConflictError or ExistsError, if they must).
                 self._rollback(conn)
+                if isinstance(exc, psycopg.errors.UniqueViolation):
+                    # The functions check names before inserting, so only a concurrent insert
+                    # can cause one; after a few retries it is a bug, not a race: let it show.
+                    unique_retries += 1
+                    if unique_retries > 3:
+                        raise
                 if time.monotonic() + delay_s > deadline:
                     raise StoreUnavailableError(
                         f"the metadata database is too busy (kept losing races: {exc})"
