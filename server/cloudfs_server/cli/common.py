@@ -36,6 +36,12 @@ def add_store_args(p: argparse.ArgumentParser) -> None:
 def meta_url_arg(text: str) -> str:
     if not text.startswith(("postgresql://", "postgres://")):
         raise argparse.ArgumentTypeError("--meta must be a postgresql:// URL")
+    import psycopg  # only commands given --meta load the driver
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(text)
+    except psycopg.ProgrammingError as exc:
+        raise argparse.ArgumentTypeError(f"--meta is not a valid URL: {exc}") from None
     return text
 
 
