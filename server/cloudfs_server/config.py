@@ -10,7 +10,9 @@ from pathlib import Path
 
 from cloudfs_server.devices.store import DeviceStore, SqliteDeviceStore
 from cloudfs_server.engines.blockstore import BlockStore
+from cloudfs_server.engines.chain import BlockChain, parse_blocks_url
 from cloudfs_server.engines.dir import DirBlockStore
+from cloudfs_server.engines.encrypt import load_key
 from cloudfs_server.engines.gclock import FileGcLock, GcLock
 from cloudfs_server.engines.meta import MetadataStore
 from cloudfs_server.engines.sqlite import SqliteMetadataStore
@@ -33,6 +35,11 @@ class ServerConfig:
     # `postgresql://…`: metadata (and devices, gc lock) in that database, shared by any number of
     # servers; None: the embedded SQLite engine in data_dir.
     meta_url: str | None = None
+    # Block engines (`--blocks`, engines/chain.py): empty = the directory engine under data_dir;
+    # two = a mirror. Layers: zstd (`--compress`), AES-256-GCM (`--encryption-key-file`).
+    blocks: tuple[str, ...] = ()
+    compress: bool = False
+    encryption_key_file: Path | None = None
 
 
 def is_shared(config: ServerConfig) -> bool:
@@ -48,11 +55,11 @@ def open_stores(config: ServerConfig) -> tuple[MetadataStore, BlockStore, GcLock
         from cloudfs_server.engines.postgres import PgGcLock, PostgresMetadataStore
 
         pg = PostgresMetadataStore(config.meta_url, threads=max(8, config.metadata_threads))
-        return pg, DirBlockStore(data), PgGcLock(config.meta_url)
+        return pg, block_chain(config).build(), PgGcLock(config.meta_url)
     meta = SqliteMetadataStore(
         data / "meta.sqlite3", threads=config.metadata_threads, synchronous=config.synchronous
     )
-    return meta, DirBlockStore(data), FileGcLock(data / "gc.lock")
+    return meta, block_chain(config).build(), FileGcLock(data / "gc.lock")
 
 
 def open_device_store(config: ServerConfig) -> DeviceStore:
@@ -62,3 +69,10 @@ def open_device_store(config: ServerConfig) -> DeviceStore:
 
         return PgDeviceStore(config.meta_url)
     return SqliteDeviceStore(Path(config.data_dir) / "devices.sqlite3")
+
+
+def block_chain(config: ServerConfig) -> BlockChain:
+    """The block engines and layers the options select. Raises: StoreConfigError."""
+    engines = [parse_blocks_url(url) for url in config.blocks] or [DirBlockStore(config.data_dir)]
+    key = None if config.encryption_key_file is None else load_key(config.encryption_key_file)
+    return BlockChain(engines, compress=config.compress, key=key)

@@ -22,10 +22,13 @@ Tree (every class carries its protocol `code` and HTTP `status`; see docs/protoc
     ├── TooLargeError          413   body over the limit
     ├── RangeNotSatisfiableError 416 a block Range outside the block, malformed, or multi-part
     ├── QuotaExceededError     507   a commit would exceed the user's quota
+    ├── StoreUnavailableError  503   a store (S3, the PostgreSQL database) failed temporarily or
+    │                                cannot be reached; retry after `Retry-After` seconds (nothing
+    │                                was changed, or the outcome of a commit is unknown: re-read
+    │                                before redoing it)
     ├── StoreCorruptError      500   the stores disagree with themselves (fsck needed)
-    └── StoreUnavailableError  503   a store (PostgreSQL) cannot be reached right now; retry
-                                     after `Retry-After` seconds (nothing was changed, or the
-                                     outcome of a commit is unknown: re-read before redoing it)
+    └── StoreConfigError       500   the block store options are unusable or do not match the
+                                     stored data (wrong key, other layers); raised at start-up
 """
 
 from __future__ import annotations
@@ -131,21 +134,27 @@ class QuotaExceededError(ServerError):
     code, status = "quota_exceeded", 507
 
 
-class StoreCorruptError(ServerError):
-    code, status = "store_corrupt", 500
-
-
 class StoreUnavailableError(ServerError):
-    """A store's service (the PostgreSQL database) cannot be reached or went away mid-call.
-
-    Raised by the engine boundary for connection errors. A retry after `retry_after_s` can help;
-    the engines reconnect by themselves.
-    """
+    """A store's service failed temporarily: the block store (connection refused, timeout, 5xx,
+    throttling; nothing was stored) or the PostgreSQL database (unreachable or gone mid-call;
+    the engines reconnect by themselves). Retrying after `retry_after_s` can help."""
 
     code, status = "store_unavailable", 503
 
-    def __init__(self, message: str, retry_after_s: int = 2, **details: Any) -> None:
+    def __init__(self, message: str, retry_after_s: int = 5, **details: Any) -> None:
         super().__init__(message, retry_after_s=retry_after_s, **details)
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.details["retry_after_s"])}
+
+
+class StoreCorruptError(ServerError):
+    code, status = "store_corrupt", 500
+
+
+class StoreConfigError(ServerError):
+    """Raised while opening the stores: a bad `--blocks` URL or key file, or options that do
+    not match how the stored blocks were written (e.g. a wrong encryption key). The server
+    refuses to start; no retry helps until the options are fixed."""
+
+    code, status = "store_config", 500

@@ -1,72 +1,101 @@
-"""The `cloudfs` command line (layer 5): mount, unmount, status, login.
+"""The `cloudfs` command line (layer 5): mount, unmount, status, login, completion.
 
-Every mistake prints one line `cloudfs: error: …` on stderr and exits non-zero.
+The CLI is a translation boundary: every error prints one line `cloudfs: error: …` on stderr;
+exit status 0 ok, 1 failed, 2 malformed request, 141 stdout closed early (clitools).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
-from cloudfs import config, history, registry
+from cloudfs import config, errors, history, registry
 from cloudfs.chunking import ChunkParams
-from cloudfs.clitools import mount_records, pid_alive
+from cloudfs.clitools import (
+    EXIT_CLOSED_PIPE,
+    CliError,
+    OneLineParser,
+    UsageError,
+    VersionAction,
+    duration_arg,
+    fail,
+    mount_records,
+    pid_alive,
+    server_url,
+    size_arg,
+)
 from cloudfs.sizes import format_size, parse_size
 
-EXIT_ERROR = 1
-EXIT_USAGE = 2
+LOG_LEVELS = ("debug", "info", "warning", "error")
+# Set to 1 to get the traceback of an unexpected error besides its one line.
+DEBUG_ENV = "CLOUDFS_DEBUG"
 
 
-class CliError(Exception):
-    """One line for the user; exit non-zero."""
-
-
-def _die(message: str, code: int = EXIT_ERROR) -> int:
-    print(f"cloudfs: error: {message}", file=sys.stderr, flush=True)
-    return code
+def chunk_size_arg(text: str) -> int:
+    """argparse type for --chunk-size: a size of at least 256 bytes."""
+    try:
+        return parse_size(text, minimum=256)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cloudfs", description="Mount a cloudfs drive.")
+    p = OneLineParser(prog="cloudfs", description="Mount a cloudfs drive.")
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("mount", help="mount the drive at MOUNTPOINT")
     m.add_argument("mountpoint")
-    m.add_argument("--server", help="server URL (default: the one from `cloudfs login`)")
+    m.add_argument(
+        "--server", help="server URL (default: CLOUDFS_SERVER, or the one from `cloudfs login`)"
+    )
     m.add_argument("--token", help="API token (or CLOUDFS_TOKEN, or `cloudfs login`)")
     m.add_argument("--cache-dir", help="cache directory (default ~/.cache/cloudfs/SERVER/USER)")
-    m.add_argument("--cache-size", default="10G", help="cache budget, e.g. 512M or 10G")
+    m.add_argument(
+        "--cache-size", type=size_arg, default="10G", help="cache budget, e.g. 512M or 10G"
+    )
     m.add_argument("--device-name", default=None, help="this device's name (default: hostname)")
     m.add_argument("--foreground", action="store_true", help="stay in the foreground")
     m.add_argument(
         "--chunk-size",
+        type=chunk_size_arg,
         default=None,
         help="average chunk size (default 1M; tests use tiny sizes such as 256)",
     )
     m.add_argument(
         "--attr-timeout",
-        type=float,
+        type=duration_arg,
         default=1.0,
-        help="seconds the kernel may cache attributes and names (default 1)",
+        help="how long the kernel may cache attributes and names, e.g. 500ms or 2s (default 1s)",
     )
     m.add_argument(
         "--commit-timeout",
-        type=float,
+        type=duration_arg,
         default=8.0,
-        help="seconds close() tries to reach the server before queueing (default 8)",
+        help="how long close() tries to reach the server before queueing (default 8s)",
+    )
+    m.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="mount.log detail (default info)"
     )
 
     u = sub.add_parser("unmount", help="commit everything pending, then unmount")
     u.add_argument("mountpoint")
-    u.add_argument("--timeout", type=float, default=120.0)
+    u.add_argument(
+        "--timeout",
+        type=duration_arg,
+        default=120.0,
+        help="how long to wait for pending commits, e.g. 30s or 5m (default 2m)",
+    )
 
     s = sub.add_parser("status", help="show mounts, cache use, pending uploads and conflicts")
     s.add_argument("mountpoint", nargs="?")
@@ -76,70 +105,113 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("server")
     login.add_argument("--token", help="API token (or CLOUDFS_TOKEN)")
 
+    c = sub.add_parser("completion", help="print the shell completion script (bash or zsh)")
+    c.add_argument("shell", choices=("bash", "zsh"))
+
     registry.add_parsers(sub)  # devices, holders (issue 5)
     history.add_parsers(sub)  # versions, restore, trash, undelete
     return p
 
 
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "mount":
+        return cmd_mount(args)
+    if args.command == "unmount":
+        return cmd_unmount(args)
+    if args.command == "status":
+        return cmd_status(args)
+    if args.command == "login":
+        return cmd_login(args)
+    if args.command == "completion":
+        return cmd_completion(args)
+    if args.command == "devices":
+        return registry.cmd_devices(args)
+    if args.command == "holders":
+        return registry.cmd_holders(args)
+    return history.COMMANDS[args.command](args)
+
+
+def quiet_closed_pipe() -> int:
+    """stdout was closed by its reader (`| head`): stop quietly. Python flushes stdout once
+    more at exit, so point it at /dev/null first or that flush prints a traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_CLOSED_PIPE
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The CLI's one translation boundary: every error becomes one line and an exit status."""
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions: answer and exit
+        import argcomplete  # only then (~30 ms of imports every other run would pay)
+
+        argcomplete.autocomplete(parser)
     try:
-        if args.command == "mount":
-            return cmd_mount(args)
-        if args.command == "unmount":
-            return cmd_unmount(args)
-        if args.command == "status":
-            return cmd_status(args)
-        if args.command == "login":
-            return cmd_login(args)
-        if args.command == "devices":
-            return registry.cmd_devices(args)
-        if args.command == "holders":
-            return registry.cmd_holders(args)
-        if args.command in history.COMMANDS:
-            return history.COMMANDS[args.command](args)
+        code = dispatch(parser.parse_args(argv))
+        sys.stdout.flush()  # a closed pipe shows here, while we can still catch it
+        return code
+    except BrokenPipeError:
+        return quiet_closed_pipe()
     except CliError as exc:
-        return _die(str(exc))
+        return fail(exc)
+    except errors.CloudfsError as exc:
+        return fail(str(exc))
     except KeyboardInterrupt:
-        return _die("interrupted", 130)
-    return EXIT_USAGE
+        return fail("interrupted", 130)
+    except OSError as exc:
+        if os.environ.get(DEBUG_ENV) or os.environ.get("CLOUDFS_DAEMON"):
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        return fail(f"{where}{exc.strerror or exc}")
+    except Exception as exc:  # the last translation: a bug still gets one line, not a traceback
+        if os.environ.get(DEBUG_ENV) or os.environ.get("CLOUDFS_DAEMON"):
+            traceback.print_exc()  # the daemon's stderr is mount.log: keep the whole story there
+        return fail(
+            f"unexpected {exc.__class__.__name__}: {exc} (set {DEBUG_ENV}=1 for the traceback)"
+        )
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """`cloudfs completion bash|zsh`: the script to source, for `cloudfs` and `cloudfs-server`
+    (argcomplete: the shell runs the command itself, which answers from its parser)."""
+    import argcomplete
+
+    sys.stdout.write(argcomplete.shellcode(["cloudfs", "cloudfs-server"], shell=args.shell))
+    return 0
 
 
 # ---- mount ---------------------------------------------------------------------------------------
-def _chunk_params(text: str | None) -> ChunkParams:
-    if not text:
+def _chunk_params(avg: int | None) -> ChunkParams:
+    if not avg:
         return ChunkParams()
-    avg = parse_size(text)
-    if avg < 256:
-        raise CliError("--chunk-size must be at least 256 bytes")
     return ChunkParams(avg_bytes=avg, min_bytes=max(64, avg // 4), max_bytes=max(1024, avg * 4))
 
 
 def mount_options(args: argparse.Namespace) -> Any:
     from cloudfs.mount import MountOptions
 
-    server = args.server or config.default_server()
+    server = args.server or os.environ.get("CLOUDFS_SERVER") or config.default_server()
     if not server:
-        raise CliError("no server given: use --server URL or `cloudfs login URL --token T`")
+        raise UsageError(
+            "no server given: use --server URL, CLOUDFS_SERVER or `cloudfs login URL --token T`"
+        )
+    server = server_url(server)
     token = args.token or os.environ.get("CLOUDFS_TOKEN") or config.token_for(server)
     if not token:
-        raise CliError(f"no token for {server}: use --token, CLOUDFS_TOKEN or `cloudfs login`")
-    try:
-        size = parse_size(args.cache_size)
-        chunks = _chunk_params(args.chunk_size)
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
+        raise UsageError(f"no token for {server}: use --token, CLOUDFS_TOKEN or `cloudfs login`")
     return MountOptions(
         mountpoint=args.mountpoint,
-        server=server.rstrip("/"),
+        server=server,
         token=token,
         cache_dir=args.cache_dir,
-        cache_size_bytes=size,
+        cache_size_bytes=args.cache_size,
         device=args.device_name or socket.gethostname(),
-        chunk_params=chunks,
+        chunk_params=_chunk_params(args.chunk_size),
         attr_timeout_s=args.attr_timeout,
         commit_budget_s=args.commit_timeout,
         foreground=args.foreground,
+        log_level=getattr(logging, args.log_level.upper()),
     )
 
 
@@ -153,7 +225,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         try:
             trio.run(mount_main, opts)
         except MountError as exc:
-            return _die(str(exc))
+            return fail(str(exc))
         return 0
 
     # background: check what we can here (clear errors), then start a foreground child
@@ -167,7 +239,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     try:
         me = trio.run(preflight)
     except MountError as exc:
-        return _die(str(exc))
+        return fail(str(exc))
     cache_dir = (
         Path(opts.cache_dir).expanduser().resolve()
         if opts.cache_dir
@@ -193,10 +265,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
         str(args.attr_timeout),
         "--commit-timeout",
         str(args.commit_timeout),
+        "--log-level",
+        args.log_level,
         "--foreground",
     ]
     if args.chunk_size:
-        argv += ["--chunk-size", args.chunk_size]
+        argv += ["--chunk-size", str(args.chunk_size)]
     env = dict(os.environ, CLOUDFS_TOKEN=opts.token, CLOUDFS_DAEMON="1")
     with open(log_path, "ab") as log:
         start = log.tell()
@@ -219,13 +293,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
                 if errs
                 else f"the mount process exited with {child.returncode}; see {log_path}"
             )
-            return _die(msg)
+            return fail(msg)
         if os.path.ismount(opts.mountpoint):
             print(f"mounted {opts.server} at {opts.mountpoint} (pid {child.pid}, log {log_path})")
             return 0
         time.sleep(0.05)
     os.kill(child.pid, signal.SIGTERM)
-    return _die(f"the mount did not come up within 30 s; see {log_path}")
+    return fail(f"the mount did not come up within 30 s; see {log_path}")
 
 
 # ---- control socket client -----------------------------------------------------------------------
@@ -259,9 +333,9 @@ def _control(sock_path: str, request: dict[str, Any], timeout_s: float):  # type
 def cmd_unmount(args: argparse.Namespace) -> int:
     mp = os.path.abspath(args.mountpoint)
     if not os.path.exists(mp):
-        return _die(f"mountpoint {args.mountpoint} does not exist")
+        return fail(f"mountpoint {args.mountpoint} does not exist")
     if not os.path.ismount(mp):
-        return _die(f"{args.mountpoint} is not mounted")
+        return fail(f"{args.mountpoint} is not mounted")
     record = _record(mp)
     started = time.monotonic()
     said = ""
@@ -289,8 +363,8 @@ def cmd_unmount(args: argparse.Namespace) -> int:
     if r.returncode != 0:
         detail = (r.stderr.strip().splitlines() or ["fusermount3 failed"])[-1]
         if "busy" in detail.lower():
-            return _die(f"{args.mountpoint} is busy (files are open or a process is inside it)")
-        return _die(f"cannot unmount {args.mountpoint}: {detail}")
+            return fail(f"{args.mountpoint} is busy (files are open or a process is inside it)")
+        return fail(f"cannot unmount {args.mountpoint}: {detail}")
     if record:
         pid = int(record["pid"])
         deadline = time.monotonic() + args.timeout
@@ -311,7 +385,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.mountpoint:
         rec = _record(os.path.abspath(args.mountpoint))
         if rec is None or not pid_alive(int(rec["pid"])):
-            return _die(f"{args.mountpoint} is not a running cloudfs mount")
+            return fail(f"{args.mountpoint} is not a running cloudfs mount")
         records = [rec]
     else:
         records = mount_records()
@@ -323,7 +397,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             st = next(iter(_control(rec["socket"], {"cmd": "status"}, timeout_s=10)))
         except (OSError, StopIteration) as exc:
-            return _die(f"cannot reach the mount at {rec['mountpoint']}: {exc}")
+            return fail(f"cannot reach the mount at {rec['mountpoint']}: {exc}")
         statuses.append(st)
     if args.json:
         print(json.dumps(statuses if not args.mountpoint else statuses[0], indent=2))
@@ -398,10 +472,11 @@ def cmd_login(args: argparse.Namespace) -> int:
 
     from cloudfs.mount import MountError, MountOptions, connect
 
+    server = server_url(args.server)
     token = args.token or os.environ.get("CLOUDFS_TOKEN")
     if not token:
-        return _die("no token given: use --token TOKEN or CLOUDFS_TOKEN")
-    opts = MountOptions(mountpoint="", server=args.server.rstrip("/"), token=token)
+        raise UsageError("no token given: use --token TOKEN or CLOUDFS_TOKEN")
+    opts = MountOptions(mountpoint="", server=server, token=token)
 
     async def check() -> dict[str, Any]:
         api, me = await connect(opts)
@@ -411,9 +486,9 @@ def cmd_login(args: argparse.Namespace) -> int:
     try:
         me = trio.run(check)
     except MountError as exc:
-        return _die(str(exc))
-    path = config.save_login(args.server, token)
-    print(f"logged in to {args.server} as {me.get('user')}; token saved in {path}")
+        return fail(str(exc))
+    path = config.save_login(server, token)
+    print(f"logged in to {server} as {me.get('user')}; token saved in {path}")
     return 0
 
 

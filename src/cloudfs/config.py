@@ -11,20 +11,35 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from cloudfs.errors import ConfigError
+
+# Names another login config than ~/.config/cloudfs/config.json (scripts/start uses its own).
+CONFIG_ENV = "CLOUDFS_CONFIG"
+
 
 def config_path() -> Path:
+    override = os.environ.get(CONFIG_ENV)
+    if override:
+        return Path(override).expanduser()
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     return Path(base) / "cloudfs" / "config.json"
 
 
 def load_config() -> dict[str, Any]:
-    """The login config (`{"servers": {url: {"token": ...}}, "default_server": url}`) or {}."""
+    """The login config (`{"servers": {url: {"token": ...}}, "default_server": url}`), {} if
+    there is none. Raises: ConfigError naming the file when it is unreadable or malformed."""
+    path = config_path()
     try:
-        return json.loads(config_path().read_text())
+        cfg = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError):
-        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"the config file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("servers", {}), dict):
+        raise ConfigError(f"the config file {path} is not a cloudfs login config")
+    return cfg
 
 
 def save_login(server: str, token: str) -> Path:
@@ -54,7 +69,8 @@ def token_for(server: str | None) -> str | None:
 
 
 def default_server() -> str | None:
-    return load_config().get("default_server")
+    server = load_config().get("default_server")
+    return server if isinstance(server, str) else None
 
 
 def default_cache_dir(server: str, user: str) -> Path:

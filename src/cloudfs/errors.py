@@ -25,7 +25,8 @@ retry can help (`temporary`). Boundaries translate into it once (HTTP client) an
     ├── CorruptBlockError           a block failed BLAKE3 verification twice (EIO)
     ├── OperationNotPermittedError  hard links and other unsupported operations (EPERM)
     ├── NotSupportedError           an operation the drive does not implement (EOPNOTSUPP)
-    └── ProtocolError               the server answered something the protocol does not allow (EIO)
+    ├── ProtocolError               the server answered something the protocol does not allow (EIO)
+    └── ConfigError                 the client's config file cannot be read or is not valid (EIO)
 """
 
 from __future__ import annotations
@@ -173,6 +174,11 @@ class NotSupportedError(CloudfsError):
 
 class ProtocolError(CloudfsError):
     """The server answered something docs/protocol.md does not allow."""
+
+
+class ConfigError(CloudfsError):
+    """The login config (cloudfs.config.config_path) is unreadable or not the JSON object it
+    should be. A retry cannot help: the message names the file and the problem."""
 
 
 def errno_of(exc: CloudfsError) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 from cloudfs import errors
 from cloudfs.api import ApiClient
-from cloudfs.clitools import CliError, connection, fail, mount_of, run_api, walk
+from cloudfs.clitools import CliError, UsageError, connection, fail, mount_of, run_api, walk
 from cloudfs.inodes import ROOT_INODE
 from cloudfs.protocol import Node
 from cloudfs.sizes import format_size
@@ -34,7 +34,10 @@ def add_parsers(sub: Any) -> None:
     """Add `versions`, `restore`, `trash` and `undelete` to cli.py's subparsers."""
 
     def connection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--server", help="server URL (default: the mount's, or `cloudfs login`)")
+        p.add_argument(
+            "--server",
+            help="server URL (default: the mount's, CLOUDFS_SERVER, or `cloudfs login`)",
+        )
         p.add_argument("--token", help="API token (or CLOUDFS_TOKEN, or `cloudfs login`)")
         p.add_argument("--json", action="store_true", help="print JSON")
 
@@ -108,12 +111,12 @@ def _target(args: argparse.Namespace) -> Target:
             raise CliError(f"{args.path} is a directory; only files have versions")
         return Target(args.path, found[0], st.st_ino, None)
     if not args.server:
-        raise CliError(
+        raise UsageError(
             f"{args.path} is not inside a running cloudfs mount "
             "(or give --server and a drive path such as /docs/a.txt)"
         )
     if not args.path.startswith("/"):
-        raise CliError(f"{args.path}: a drive path starts with / (such as /docs/a.txt)")
+        raise UsageError(f"{args.path}: a drive path starts with / (such as /docs/a.txt)")
     return Target(args.path, None, None, posixpath.normpath(args.path))
 
 
@@ -157,14 +160,14 @@ def cmd_versions(args: argparse.Namespace) -> int:
         target = _target(args)
         server, token = connection(args, target.record)
     except CliError as exc:
-        return fail(str(exc))
+        return fail(exc)
 
     async def work(api: ApiClient) -> int:
         try:
             node = await _file_node(api, target)
             versions = await api.list_versions(node.node_id)
         except CliError as exc:
-            return fail(str(exc))
+            return fail(exc)
         except errors.NodeNotFoundError:
             return fail(f"{target.shown}: no such file on the server (deleted meanwhile?)")
         versions.sort(key=lambda v: int(v["version"]), reverse=True)
@@ -181,18 +184,18 @@ def cmd_versions(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     """`cloudfs restore PATH --version N`: version N's content becomes a new current version."""
     if args.version < 1:
-        return fail(f"--version must be a positive version number, not {args.version}")
+        return fail(UsageError(f"--version must be a positive version number, not {args.version}"))
     try:
         target = _target(args)
         server, token = connection(args, target.record)
     except CliError as exc:
-        return fail(str(exc))
+        return fail(exc)
 
     async def work(api: ApiClient) -> int:
         try:
             node = await _file_node(api, target)
         except CliError as exc:
-            return fail(str(exc))
+            return fail(exc)
         if node.version == args.version:
             print(f"{target.shown}: version {node.version} is already the current version")
             return 0
@@ -243,7 +246,7 @@ def cmd_trash(args: argparse.Namespace) -> int:
     try:
         server, token = connection(args, None)
     except CliError as exc:
-        return fail(str(exc))
+        return fail(exc)
 
     async def work(api: ApiClient) -> int:
         entries = await api.list_trash()
@@ -263,7 +266,7 @@ def _destination(args: argparse.Namespace) -> tuple[dict[str, Any] | None, str |
     if found is not None and _same_server(args.server, found[0].get("server")):
         return found
     if not args.to.startswith("/"):
-        raise CliError(
+        raise UsageError(
             f"--to {args.to}: give a path inside a running mount "
             "or a drive path such as /docs/a.txt"
         )
@@ -297,7 +300,7 @@ def cmd_undelete(args: argparse.Namespace) -> int:
         record, to_path = _destination(args)
         server, token = connection(args, record)
     except CliError as exc:
-        return fail(str(exc))
+        return fail(exc)
 
     async def work(api: ApiClient) -> int:
         entry = next((e for e in await api.list_trash() if int(e["id"]) == args.node), None)
@@ -312,7 +315,7 @@ def cmd_undelete(args: argparse.Namespace) -> int:
                 parent_id, name, where = await _place(api, to_path, str(entry["name"]), args.to)
                 await api.restore_trash(args.node, parent_id, name)
         except CliError as exc:
-            return fail(str(exc))
+            return fail(exc)
         except errors.NameExistsError:
             if to_path is None:
                 return fail(

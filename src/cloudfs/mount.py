@@ -53,6 +53,7 @@ class MountOptions:
     attr_timeout_s: float = 1.0
     commit_budget_s: float = 8.0
     foreground: bool = True
+    log_level: int = logging.INFO  # `cloudfs mount --log-level`
 
 
 def check_fuse() -> None:
@@ -119,10 +120,10 @@ def lock_cache_dir(cache_dir: Path) -> int:
     return fd
 
 
-def setup_logging(cache_dir: Path, to_stderr: bool) -> Path:
+def setup_logging(cache_dir: Path, to_stderr: bool, level: int = logging.INFO) -> Path:
     log_path = cache_dir / "mount.log"
     root = logging.getLogger()
-    root.setLevel(logging.INFO)
+    root.setLevel(level)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if os.environ.get("CLOUDFS_DAEMON") != "1":
         fh = logging.FileHandler(log_path)
@@ -366,7 +367,7 @@ async def mount_main(opts: MountOptions) -> None:
     api, me = await connect(opts)
     cache_dir = resolve_cache_dir(opts, str(me.get("user", "user")))
     lock_fd = lock_cache_dir(cache_dir)
-    setup_logging(cache_dir, to_stderr=True)
+    setup_logging(cache_dir, to_stderr=True, level=opts.log_level)
     try:
         mount = Mount(opts, mountpoint, api, me, cache_dir)
         await mount.run()

@@ -23,7 +23,7 @@ import trio
 from cloudfs import errors
 from cloudfs.api import ApiClient
 from cloudfs.cache import LocalCache
-from cloudfs.clitools import CliError, connection, fail, mount_of, run_api, walk
+from cloudfs.clitools import CliError, UsageError, connection, fail, mount_of, run_api, walk
 from cloudfs.sizes import format_size
 
 log = logging.getLogger(__name__)
@@ -278,12 +278,16 @@ class RegistryTask:
 def add_parsers(sub: Any) -> None:
     """Add the `devices` and `holders` subcommands to cli.py's subparsers."""
     d = sub.add_parser("devices", help="list the account's devices (id, name, last seen, blocks)")
-    d.add_argument("--server", help="server URL (default: the mount's, or `cloudfs login`)")
+    d.add_argument(
+        "--server", help="server URL (default: the mount's, CLOUDFS_SERVER, or `cloudfs login`)"
+    )
     d.add_argument("--token", help="API token (or CLOUDFS_TOKEN, or `cloudfs login`)")
     d.add_argument("--json", action="store_true", help="print the server's JSON")
     h = sub.add_parser("holders", help="show which devices hold each block of a file")
     h.add_argument("path", help="a file in a mount (or, with --server, a path in the drive)")
-    h.add_argument("--server", help="server URL (default: the mount's, or `cloudfs login`)")
+    h.add_argument(
+        "--server", help="server URL (default: the mount's, CLOUDFS_SERVER, or `cloudfs login`)"
+    )
     h.add_argument("--token", help="API token (or CLOUDFS_TOKEN, or `cloudfs login`)")
     h.add_argument("--json", action="store_true", help="print JSON")
 
@@ -317,7 +321,7 @@ def cmd_devices(args: argparse.Namespace) -> int:
     try:
         server, token = connection(args, None)
     except CliError as exc:
-        return fail(str(exc))
+        return fail(exc)
 
     async def work(api: ApiClient) -> int:
         devices = await DevicesApi(api, budget_s=None).list_devices()
@@ -331,12 +335,14 @@ def cmd_holders(args: argparse.Namespace) -> int:
     """`cloudfs holders PATH`: for each block of the file, the devices holding it."""
     found = mount_of(args.path)
     if found is None and not args.server:
-        return fail(f"{args.path} is not inside a running cloudfs mount (or give --server)")
+        return fail(
+            UsageError(f"{args.path} is not inside a running cloudfs mount (or give --server)")
+        )
     record, drive_path = found if found is not None else (None, args.path)
     try:
         server, token = connection(args, record)
     except CliError as exc:
-        return fail(str(exc))
+        return fail(exc)
 
     async def work(api: ApiClient) -> int:
         try:

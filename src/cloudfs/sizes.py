@@ -1,4 +1,5 @@
-"""Human sizes for the CLI (layer 0): `512M`, `10G`, `1.5T`, plain bytes."""
+"""Human sizes for both command lines (layer 0, pure): `512M`, `10G`, `1.5T`, plain bytes.
+The server imports it too (tests/test_layers.py SHARED_PURE)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 
 
-def parse_size(text: str) -> int:
-    """Bytes for `512M`, `10G`, `64MiB`, `4096` (binary units).
+def parse_size(text: str, minimum: int = 1) -> int:
+    """Bytes for `512M`, `10G`, `64MiB`, `4096` (binary units); at least `minimum`.
 
     Raises:
         ValueError: with a message naming the bad text.
@@ -17,10 +18,14 @@ def parse_size(text: str) -> int:
     m = _SIZE_RE.match(text)
     if not m:
         raise ValueError(f"invalid size {text!r} (use e.g. 512M or 10G)")
-    value = float(m.group(1)) * _UNITS[m.group(2).upper()]
-    if value < 1:
-        raise ValueError(f"invalid size {text!r}: must be positive")
-    return int(value)
+    value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+    if value < minimum:
+        raise ValueError(
+            f"invalid size {text!r}: must be positive"
+            if minimum == 1
+            else f"invalid size {text!r}: must be at least {minimum} bytes"
+        )
+    return value
 
 
 def format_size(n_bytes: int) -> str:

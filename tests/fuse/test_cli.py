@@ -132,3 +132,35 @@ def test_mistakes_print_one_line(
     one_line_error(mount(f"--token={alice.token}"), "mountpoint busy")
     assert os.path.ismount(mnt), "a refused second mount must leave the first one working"
     one_line_error(run("unmount", str(tmp_path / "not-mounted"), env=home), "unmount nothing")
+
+
+def test_units_log_level_and_unusable_cache_dir(
+    server: ServerProcess, alice: User, mnt: Path, tmp_path: Path, home: dict[str, str]
+) -> None:
+    cache = tmp_path / "cache"
+    r = run("mount", str(mnt), "--server", server.url, f"--token={alice.token}",
+            "--cache-dir", str(cache), "--cache-size", "256M", "--attr-timeout", "500ms",
+            "--commit-timeout", "5s", "--log-level", "debug", env=home)  # fmt: skip
+    assert r.returncode == 0, f"mount with units and --log-level failed: {r.stdout}{r.stderr}"
+    assert not (mnt / "missing").exists()  # a failed lookup: logged at debug level only
+    write_file(mnt / "units.txt", b"units")
+    un = run("unmount", str(mnt), "--timeout", "1m", env=home)
+    assert un.returncode == 0, f"unmount --timeout 1m failed: {un.stdout}{un.stderr}"
+    log = (cache / "mount.log").read_text()
+    assert " DEBUG " in log, f"--log-level debug should log debug lines:\n{log[-2000:]}"
+    assert ServerView(server, alice).content("units.txt") == b"units"
+
+    host = server.url.removeprefix("http://")
+    bad_url = run("mount", str(mnt), "--server", host, f"--token={alice.token}", env=home)
+    assert one_line_error(bad_url, "URL without http://") == (
+        f"cloudfs: error: '{host}' is not a server URL; write http://{host}"
+    )
+    assert bad_url.returncode == 2
+    a_file = tmp_path / "a-file"
+    a_file.write_bytes(b"")
+    for foreground in ((), ("--foreground",)):
+        r = run("mount", str(mnt), "--server", server.url, f"--token={alice.token}",
+                "--cache-dir", str(a_file / "cache"), *foreground, env=home)  # fmt: skip
+        line = one_line_error(r, f"cache dir under a file {foreground}")
+        assert str(a_file) in line and r.returncode == 1, line
+        assert not os.path.ismount(mnt)

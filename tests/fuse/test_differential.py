@@ -1,5 +1,5 @@
 """Differential test: the same random syscalls on the mount and on a local directory must give the
-same results and the same errno (STYLE.md, "Tests"). Tiny files, tiny chunks and a small name
+same results and the same errno (CONTRIBUTING.md, "Tests"). Tiny files, tiny chunks and a small name
 pool so that collisions (rename over, rmdir of a full folder, writes through descriptors of
 renamed or unlinked files) and chunk boundaries happen often.
 """

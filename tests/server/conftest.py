@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from cloudfs_server.http.app import META, ServerConfig, create_app
 
 from tests.pg import PgCluster
 from tests.server.helpers import bid
-from tests.support import server_cmd
+from tests.support import S3_ENV, MotoServer, server_cmd
 
 # `pytestmark = BOTH_ENGINES` in a module runs each of its tests on the embedded engine and on
 # PostgreSQL (the conformance suite: the two engines must not drift apart).
@@ -128,9 +129,29 @@ def no_unexpected_server_errors(
     if srv is not None and srv.proc is not None:
         # Whatever the test did, the stores it leaves behind are consistent.
         check = subprocess.run(
-            server_cmd("fsck", *srv.store_args()), capture_output=True, text=True
+            server_cmd("fsck", *srv.admin_args()), capture_output=True, text=True
         )
         assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """One moto S3 endpoint per test session (each test uses its own bucket); the AWS
+    credentials it accepts are set in the environment, as real ones would be."""
+    srv = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in S3_ENV.items():
+            mp.setenv(name, value)
+        try:
+            yield srv.start()
+        finally:
+            srv.stop()
+
+
+@pytest.fixture
+def bucket_url(moto: MotoServer) -> str:
+    """A `--blocks` URL for a fresh bucket on the session's moto (created by the server)."""
+    return f"s3://cfs-{uuid.uuid4().hex[:16]}?endpoint={moto.url}"
 
 
 @pytest.fixture

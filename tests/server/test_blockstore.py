@@ -1,20 +1,26 @@
-"""The directory block engine and the gc lock, directly (no HTTP)."""
+"""Block stores directly (no HTTP): one conformance suite over every engine and layer stack
+(dir, s3 on moto, compress(dir), encrypt(dir), mirror(dir, dir), compress+encrypt(s3)), then
+what is particular to the directory engine, the layers, the format guard and the gc lock."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from cloudfs_server.engines.blockstore import BlockStore
+from cloudfs_server.engines.chain import BlockChain, FormatGuard, parse_blocks_url
 from cloudfs_server.engines.dir import DirBlockStore
 from cloudfs_server.engines.gclock import FileGcLock
 from cloudfs_server.errors import (
     BadBlockIdError,
     HashMismatchError,
     NotFoundError,
+    StoreCorruptError,
     TooLargeError,
 )
 
@@ -35,7 +41,7 @@ async def store(tmp_path: Path) -> DirBlockStore:
     return s
 
 
-async def put(store: DirBlockStore, data: bytes, *chunks: bytes) -> None:
+async def put(store: BlockStore, data: bytes, *chunks: bytes) -> None:
     staged = await store.stage(bid(data), body(*(chunks or (data,))), 1 << 24)
     try:
         await store.publish(staged)
@@ -129,3 +135,144 @@ async def test_a_block_stored_for_someone_else_costs_the_same_work(
     finally:
         await store.discard(staged)
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+# ---- the conformance suite: every engine and layer stack ---------------------------------
+KEY = bytes(range(32))
+STACKS = ["dir", "s3", "compress-dir", "encrypt-dir", "mirror-dir-dir", "compress-encrypt-s3"]
+TEXT = b"".join(
+    b"def line_%d(x):\n    return x * %d  # some source text\n" % (i, i) for i in range(30_000)
+)
+
+
+@dataclass
+class Stack:
+    store: FormatGuard
+    chain: BlockChain
+    layered: bool  # compress and/or encrypt: reads are decoded and rehashed
+
+
+def _chain(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> BlockChain:
+    def s3() -> BlockStore:
+        return parse_blocks_url(request.getfixturevalue("bucket_url"))
+
+    if kind == "dir":
+        return BlockChain([DirBlockStore(tmp_path / "a")])
+    if kind == "s3":
+        return BlockChain([s3()])
+    if kind == "compress-dir":
+        return BlockChain([DirBlockStore(tmp_path / "a")], compress=True)
+    if kind == "encrypt-dir":
+        return BlockChain([DirBlockStore(tmp_path / "a")], key=KEY)
+    if kind == "mirror-dir-dir":
+        return BlockChain([DirBlockStore(tmp_path / "a"), DirBlockStore(tmp_path / "b")])
+    assert kind == "compress-encrypt-s3"
+    return BlockChain([s3()], compress=True, key=KEY)
+
+
+@pytest_asyncio.fixture(params=STACKS)
+async def stack(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stack]:
+    chain = _chain(request.param, tmp_path, request)
+    guard = chain.build()
+    await guard.open()
+    try:
+        yield Stack(guard, chain, bool(chain.layers()))
+    finally:
+        await guard.close()
+
+
+async def damage(chain: BlockChain, block_id: str, engines: int | None = None) -> None:
+    """Flip bytes of the stored copy on the first `engines` engines (all by default)."""
+    for engine in chain.engines[:engines]:
+        stored = bytearray(await engine.get_stored(block_id))
+        stored[len(stored) // 2] ^= 0xFF
+        await engine.delete(block_id)
+        await engine.put_stored(block_id, bytes(stored))
+
+
+async def test_conformance_roundtrip_ranges_listing_delete(stack: Stack) -> None:
+    store = stack.store
+    data = os.urandom(3 << 20)
+    await put(store, data, data[:1000], data[1000 : 2 << 20], data[2 << 20 :])
+    block_id = bid(data)
+    assert await store.read(block_id, 10, 5) == data[10:15]
+    assert await store.read(block_id, 0, len(data)) == data
+    assert await store.read(block_id, len(data) - 7, 7) == data[-7:]
+    path = await store.local_path(block_id)
+    if path is not None:
+        assert path.read_bytes() == data
+    assert await store.verify(block_id, len(data)) is None
+    assert await store.verify(block_id, len(data) + 1) is not None
+    assert await store.list_ids() == [block_id]
+    await put(store, data)  # idempotent
+    assert await store.list_ids() == [block_id]
+    sizes = await store.stored_sizes()
+    assert sizes is not None and set(sizes) == {block_id}
+    assert await store.delete(block_id) is True
+    assert await store.delete(block_id) is False
+    assert await store.verify(block_id, len(data)) == "missing"
+    assert await store.list_ids() == []
+    with pytest.raises(NotFoundError):
+        await store.read(block_id, 0, 10)
+    assert await store.clean_temp(3600) == 0
+
+
+async def test_conformance_bad_uploads_store_nothing(stack: Stack) -> None:
+    store = stack.store
+    with pytest.raises(HashMismatchError):
+        await store.stage(bid(b"a"), body(b"b"), 100)
+    with pytest.raises(TooLargeError):
+        await store.stage(bid(b"a" * 101), body(b"a" * 50, b"a" * 51), 100)
+    with pytest.raises(BadBlockIdError):
+        await store.stage("../../etc/passwd", body(b"x"), 100)
+    assert await store.list_ids() == []
+
+
+async def test_conformance_publish_after_gc_removed_the_block(stack: Stack) -> None:
+    store = stack.store
+    data = b"block bytes " * 100
+    await put(store, data)
+    staged = await store.stage(bid(data), body(data), 1 << 20, known=True)
+    await store.delete(bid(data))  # gc removes it between stage() and publish()
+    try:
+        await store.publish(staged)
+    finally:
+        await store.discard(staged)
+    assert await store.read(bid(data), 0, len(data)) == data
+    assert await store.verify(bid(data), len(data)) is None
+
+
+async def test_conformance_damage_is_found_and_quarantined(stack: Stack) -> None:
+    store = stack.store
+    data = os.urandom(100_000)
+    block_id = bid(data)
+    await put(store, data)
+    await damage(stack.chain, block_id)
+    reason = await store.verify(block_id, len(data))
+    assert reason is not None and reason.startswith("corrupt"), reason
+    if stack.layered:  # decoded and rehashed on read: an error, never wrong bytes
+        with pytest.raises(StoreCorruptError):
+            await store.read(block_id, 0, 10)
+    where = await store.quarantine(block_id)
+    assert block_id in where
+    assert await store.verify(block_id, len(data)) == "missing"
+    assert await store.list_ids() == []
+    await put(store, data)  # the next upload stores it anew
+    assert await store.verify(block_id, len(data)) is None
+
+
+async def test_conformance_stored_sizes_and_markers(stack: Stack) -> None:
+    store = stack.store
+    noise = os.urandom(200_000)
+    await put(store, TEXT)
+    await put(store, noise)
+    sizes = await store.stored_sizes()
+    assert sizes is not None
+    compress = stack.chain.compress
+    assert (sizes[bid(TEXT)] < len(TEXT) // 4) == compress, (sizes[bid(TEXT)], len(TEXT))
+    overhead = (1 if compress else 0) + (29 if stack.chain.key else 0)
+    assert sizes[bid(noise)] == len(noise) + overhead
+    assert await store.get_marker("probe") is None
+    await store.put_marker("probe", b"v1")
+    await store.put_marker("probe", b"v2")
+    assert await store.get_marker("probe") == b"v2"

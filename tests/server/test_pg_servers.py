@@ -17,7 +17,7 @@ import pytest
 
 from tests.pg import PgCluster
 from tests.server.helpers import bid
-from tests.support import ServerProcess, User, server_cmd
+from tests.support import MotoServer, ServerProcess, User, server_cmd
 
 
 def assert_clean(*servers: ServerProcess) -> None:
@@ -26,7 +26,7 @@ def assert_clean(*servers: ServerProcess) -> None:
         log = srv.log_path.read_text()
         assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
     check = subprocess.run(
-        server_cmd("fsck", *servers[0].store_args()), capture_output=True, text=True
+        server_cmd("fsck", *servers[0].admin_args()), capture_output=True, text=True
     )
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -353,3 +353,52 @@ def test_commands_name_a_bad_or_unreachable_database_in_one_line(tmp_path: Path)
     )
     assert away.returncode == 1, away.stderr
     assert away.stderr.strip().count("\n") == 0 and "is unavailable" in away.stderr, away.stderr
+
+
+def test_servers_on_one_database_and_one_bucket_share_metadata_and_blocks(
+    pg_cluster: PgCluster, bucket_url: str, moto: MotoServer, tmp_path: Path
+) -> None:
+    """The scale-out deployment: `--meta URL --blocks s3://…` on two servers with their own data
+    directories; a file written through A is read through B, gc and fsck take both options."""
+    dsn = pg_cluster.new_database("scaleout")
+    blocks = ("--blocks", bucket_url)
+    a = ServerProcess(tmp_path / "a", meta_url=dsn, store_args=blocks)
+    b = ServerProcess(tmp_path / "b", meta_url=dsn, store_args=blocks)
+    try:
+        a.start()
+        b.start()
+        alice = a.add_user("alice")
+        root = root_of(b, alice)
+        data = b"through A, read through B"
+        f = put_file(a, alice, root, "f", data)
+        status, block = b.request("GET", f"/v1/blocks/{bid(data)}", alice)
+        assert status == 200 and block == data
+        status, got = b.request("GET", f"/v1/nodes/{f['id']}?blocks=1", alice)
+        assert status == 200 and isinstance(got, dict) and got["blocks"] == [[bid(data), len(data)]]
+        orphan = b"uploaded through B, never committed"
+        status, _ = b.request("PUT", f"/v1/blocks/{bid(orphan)}", alice, data=orphan)
+        assert status in (200, 201)
+        bucket = bucket_url.split("?")[0].removeprefix("s3://")
+        assert bucket_objects(moto.url, bucket) == {bid(data), bid(orphan)}
+        assert not list((tmp_path / "a").glob("blocks/*/*/*"))  # the blocks are in the bucket
+        gc = subprocess.run(
+            server_cmd("gc", *a.admin_args(), "--grace-seconds", "0"),
+            capture_output=True,
+            text=True,
+        )
+        assert gc.returncode == 0 and "removed 1 unreferenced block" in gc.stdout, gc
+        assert bucket_objects(moto.url, bucket) == {bid(data)}
+        status, block = a.request("GET", f"/v1/blocks/{bid(data)}", alice)
+        assert status == 200 and block == data
+        assert_clean(a, b)
+    finally:
+        a.stop()
+        b.stop()
+
+
+def bucket_objects(endpoint: str, bucket: str) -> set[str]:
+    import boto3  # test-only dependency, like moto
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    resp = s3.list_objects_v2(Bucket=bucket, Prefix="blocks/")
+    return {obj["Key"].rsplit("/", 1)[-1] for obj in resp.get("Contents", [])}

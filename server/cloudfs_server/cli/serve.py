@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import errno
 import fcntl
 import logging
 import os
@@ -11,8 +13,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from cloudfs_server.cli.common import CliError
-from cloudfs_server.config import ServerConfig
+from cloudfs_server.cli.common import CliError, duration_arg, store_config
+from cloudfs_server.cli.maintenance import add_retention
 
 log = logging.getLogger("cloudfs_server")
 
@@ -34,19 +36,24 @@ async def serve(args: argparse.Namespace) -> int:
 
     from cloudfs_server.http.app import create_app
 
-    config = ServerConfig(
-        data_dir=Path(args.data),
-        meta_url=args.meta,
+    config = dataclasses.replace(
+        store_config(args),
         retention_days=args.retention_days,
         purge_interval_s=args.purge_interval,
         max_long_polls=args.max_long_polls,
     )
     app = create_app(config)
-    runner = web.AppRunner(app, access_log=logging.getLogger("aiohttp.access"))
+    access_log = None if args.no_access_log else logging.getLogger("aiohttp.access")
+    runner = web.AppRunner(app, access_log=access_log)
     await runner.setup()
     try:
         site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=30.0)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(f"port {args.port} on {args.host} is already in use") from None
+            raise CliError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
         host, port = runner.addresses[0][:2]
         print(f"cloudfs-server listening on http://{host}:{port}", flush=True)
         stop = asyncio.Event()
@@ -65,19 +72,21 @@ def add_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
     p = cmd("serve", "run the HTTP server")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765, help="0 picks a free port")
-    p.add_argument(
-        "--retention-days",
-        type=float,
-        default=30.0,
-        help="keep old versions and trash this long (hourly purge)",
-    )
-    p.add_argument("--purge-interval", type=float, default=3600.0, help=argparse.SUPPRESS)
+    add_retention(p, "keep old versions and trash this long (hourly purge)")
+    p.add_argument("--purge-interval", type=duration_arg, default=3600.0, help=argparse.SUPPRESS)
     p.add_argument(
         "--max-long-polls",
         type=int,
         default=10_000,
         help="held change-feed requests; beyond, idle clients are told to retry later",
     )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="log detail on stderr (default info)",
+    )
+    p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
 
 
 def run(args: argparse.Namespace) -> int:

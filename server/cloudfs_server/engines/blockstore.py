@@ -3,15 +3,24 @@
 Upload is two steps so the gc lock is held only briefly: `stage()` receives and verifies the body
 (no lock; a mismatch stores nothing), then `publish()` makes it durable under its id, called while
 holding the shared gc lock together with the metadata upsert. Engines: `engines/dir.py` (a local
-directory); an S3-compatible engine can implement the same methods.
+directory), `engines/s3.py` (S3-compatible object storage). Layers wrapping any store:
+`engines/compress.py`, `engines/encrypt.py`, `engines/mirror.py`; `engines/chain.py` stacks them.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import blake3
+
+from cloudfs_server.errors import HashMismatchError, TooLargeError
+
+# Received bytes are hashed in batches of this size (one worker-thread hop each).
+HASH_BATCH_BYTES = 1 << 20
 
 
 @dataclass
@@ -26,6 +35,8 @@ class StagedBlock:
 
 
 class BlockStore(abc.ABC):
+    label = "blocks"  # names the store in logs and scrub reports (never holds credentials)
+
     @abc.abstractmethod
     async def open(self) -> None: ...
 
@@ -84,3 +95,71 @@ class BlockStore(abc.ABC):
     @abc.abstractmethod
     async def clean_temp(self, older_than_s: float) -> int:
         """Remove abandoned staging files older than the age; returns how many."""
+
+    # ---- the stored form, for the layers (engines/compress.py, encrypt.py, mirror.py) ------
+    # A layer hands the engine already-verified, already-transformed bytes; the engine keeps
+    # them as they are. Seen from above a layer, these are the bytes *before* that layer's
+    # transformation (a layer encodes on the way down and decodes on the way up).
+
+    @abc.abstractmethod
+    async def put_stored(self, block_id: str, data: bytes) -> None:
+        """Store `data` as the block's stored form, durably, without hashing it (the layer
+        above verified the plaintext). Idempotent. Hold the shared gc lock.
+
+        Raises: StoreUnavailableError (nothing changed)."""
+
+    @abc.abstractmethod
+    async def get_stored(self, block_id: str) -> bytes:
+        """The block's whole stored form. Raises: NotFoundError, StoreUnavailableError,
+        StoreCorruptError (a layer could not decode it)."""
+
+    async def stored_sizes(self) -> dict[str, int] | None:
+        """The stored (physical) size of every block, or None if the engine cannot tell."""
+        return None
+
+    @abc.abstractmethod
+    async def get_marker(self, name: str) -> bytes | None:
+        """A small named object kept beside the blocks (the format marker), or None."""
+
+    @abc.abstractmethod
+    async def put_marker(self, name: str, data: bytes) -> None:
+        """Write a marker durably (replacing it)."""
+
+
+async def receive(block_id: str, body: AsyncIterator[bytes], max_bytes: int) -> bytes:
+    """The whole body, hashed while it arrives (off the loop) and checked against `block_id`.
+
+    For engines and layers that keep a staged block in memory (at most `max_bytes`).
+    Raises: HashMismatchError, TooLargeError.
+    """
+    loop = asyncio.get_running_loop()
+    hasher = blake3.blake3()
+    chunks: list[bytes] = []
+    pending: list[bytes] = []
+    pending_bytes = size = 0
+
+    def absorb(batch: list[bytes]) -> None:
+        for chunk in batch:
+            hasher.update(chunk)
+
+    async for chunk in body:
+        if not chunk:
+            continue
+        size += len(chunk)
+        if size > max_bytes:
+            raise TooLargeError(f"block bodies are limited to {max_bytes} bytes")
+        pending.append(chunk)
+        pending_bytes += len(chunk)
+        if pending_bytes >= HASH_BATCH_BYTES:
+            await loop.run_in_executor(None, absorb, pending)
+            chunks.extend(pending)
+            pending, pending_bytes = [], 0
+    await loop.run_in_executor(None, absorb, pending)
+    chunks.extend(pending)
+    actual = hasher.hexdigest()
+    if actual != block_id:
+        raise HashMismatchError(
+            f"body hashes to {actual}, not to the address {block_id}; nothing stored",
+            actual=actual,
+        )
+    return b"".join(chunks)

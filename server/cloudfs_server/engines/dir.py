@@ -2,7 +2,8 @@
 
 Staging files live in `DATA/tmp/` (same filesystem, so publishing is one atomic rename). A block
 file is written to a temp file, fsynced, renamed into place, and its directory fsynced: after
-`publish()` returns, the block survives a crash. All file I/O runs in worker threads.
+`publish()` returns, the block survives a crash. All file I/O runs in worker threads. Markers
+(the format marker of engines/chain.py) are files `DATA/blocks/cloudfs-<name>`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def _fsync_dir(path: Path) -> None:
 
 class DirBlockStore(BlockStore):
     def __init__(self, data_dir: Path) -> None:
+        self.label = f"dir:{data_dir}"
         self.blocks_dir = Path(data_dir) / "blocks"
         self.tmp_dir = Path(data_dir) / "tmp"
         self.corrupt_dir = Path(data_dir) / "corrupt"
@@ -269,3 +271,69 @@ class DirBlockStore(BlockStore):
             return removed
 
         return await self._run(run)
+
+    # ---- stored form and markers (for the layers) ----------------------------------------
+    async def put_stored(self, block_id: str, data: bytes) -> None:
+        staged = StagedBlock(block_id, len(data), chunks=[data])
+        try:
+            await self._run(self._publish, staged)
+        finally:
+            await self.discard(staged)
+
+    async def get_stored(self, block_id: str) -> bytes:
+        path = self.path_of(block_id)
+
+        def run() -> bytes:
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                raise NotFoundError(f"block {block_id} is not stored") from None
+
+        return await self._run(run)
+
+    async def stored_sizes(self) -> dict[str, int]:
+        def run() -> dict[str, int]:
+            out: dict[str, int] = {}
+            if not self.blocks_dir.is_dir():
+                return out
+            for dirpath, _dirnames, filenames in os.walk(self.blocks_dir):
+                for name in filenames:
+                    if BLOCK_ID_RE.fullmatch(name):
+                        try:
+                            out[name] = os.stat(os.path.join(dirpath, name)).st_size
+                        except FileNotFoundError:
+                            continue
+            return out
+
+        return await self._run(run)
+
+    def _marker_path(self, name: str) -> Path:
+        if not name.isidentifier():
+            raise ValueError(f"bad marker name {name!r}")
+        return self.blocks_dir / f"cloudfs-{name}"
+
+    async def get_marker(self, name: str) -> bytes | None:
+        path = self._marker_path(name)
+
+        def run() -> bytes | None:
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                return None
+
+        return await self._run(run)
+
+    async def put_marker(self, name: str, data: bytes) -> None:
+        path = self._marker_path(name)
+
+        def run() -> None:
+            temp, fd = self._new_temp()
+            try:
+                _write_all(fd, [data])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, path)
+            _fsync_dir(path.parent)
+
+        await self._run(run)

@@ -31,7 +31,12 @@ async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     meta, blocks, gc_lock = open_stores(config)
     await meta.open()
-    await blocks.open()
+    try:
+        await blocks.open()  # may refuse (unreachable store, wrong key): close meta then
+    except BaseException:
+        gc_lock.close()
+        await meta.close()
+        raise
     app[META], app[BLOCKS], app[GC_LOCK] = meta, blocks, gc_lock
     # Changes committed through other servers on a shared database wake this one's long-polls.
     watcher = asyncio.create_task(meta.watch_changes(app[NOTIFIER].notify), name="ChangeWatchTask")

@@ -33,6 +33,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except ServerError as exc:
         if exc.status == 500:
             log.error("%s %s: %s", request.method, request.path, exc.message)
+        elif exc.status == 503:
+            log.warning("%s %s: %s", request.method, request.path, exc.message)
         resp = error_json(exc.status, exc.body())
         resp.headers.update(exc.headers())
         return resp

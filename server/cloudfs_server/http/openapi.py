@@ -263,6 +263,7 @@ def _paths() -> J:
                     "200": _resp("this user already had it; bytes verified", OBJ),
                     "400": _err("bad_block_id", "hash_mismatch"),
                     "413": _err("too_large"),
+                    "503": _err("store_unavailable"),
                 },
                 params=[BLOCK_ID],
                 body={
@@ -289,6 +290,7 @@ def _paths() -> J:
                     "400": _err("bad_block_id"),
                     "404": _err("not_found"),
                     "416": _err("range_not_satisfiable"),
+                    "503": _err("store_unavailable"),
                 },
                 params=[
                     BLOCK_ID,

@@ -192,7 +192,9 @@ async def get_block(request: web.Request) -> web.StreamResponse:
         raise RangeNotSatisfiableError(
             "Range must be one 'bytes=a-b', 'bytes=a-' or 'bytes=-n' range", size=size
         ) from None
-    if rng != slice(None):
+    # No Range header is slice(None, None, 1) (not slice(None)) in aiohttp: ask the header.
+    ranged = hdrs.RANGE in request.headers
+    if ranged:
         start, stop, _ = rng.indices(size)
         if stop <= start:
             raise RangeNotSatisfiableError(
@@ -204,9 +206,9 @@ async def get_block(request: web.Request) -> web.StreamResponse:
     if path is not None:
         # sendfile(2), Range → 206, If-None-Match; block files never change.
         return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: OCTET})
-    start, stop, _ = rng.indices(size) if rng != slice(None) else (0, size, 1)
+    start, stop, _ = rng.indices(size) if ranged else (0, size, 1)
     data = await blocks.read(block_id, start, max(0, stop - start))
-    status = 206 if rng != slice(None) else 200
+    status = 206 if ranged else 200
     headers = {hdrs.CONTENT_TYPE: OCTET, hdrs.ACCEPT_RANGES: "bytes"}
     if status == 206:
         headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{stop - 1}/{size}"
