@@ -17,7 +17,9 @@ Tree (every class carries its protocol `code` and HTTP `status`; see docs/protoc
     │   ├── IsDirError               file operation on a directory
     │   ├── InvalidMoveError         directory into its own subtree, or the root
     │   ├── VersionConflictError     base version not current (retry after a merge)
-    │   └── MissingBlocksError       blocks not available (upload them, then retry)
+    │   ├── MissingBlocksError       blocks not available (upload them, then retry)
+    │   └── DependencyFailedError    a batch op names the label of a create that failed
+    │                                (`label`); fix that create, then retry both
     ├── CursorExpiredError     410   change log compacted past the cursor (rescan)
     ├── TooLargeError          413   body over the limit
     ├── RangeNotSatisfiableError 416 a block Range outside the block, malformed, or multi-part
@@ -113,6 +115,10 @@ class VersionConflictError(ConflictError):
 
 class MissingBlocksError(ConflictError):
     code = "missing_blocks"
+
+
+class DependencyFailedError(ConflictError):
+    code = "dependency_failed"
 
 
 class CursorExpiredError(ServerError):

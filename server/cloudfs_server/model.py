@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from cloudfs_server.errors import (
     BadBlockIdError,
     BadRequestError,
     InvalidNameError,
     NameTooLongError,
+    ServerError,
 )
 
 NAME_MAX_BYTES = 255
@@ -120,6 +121,10 @@ class Node:
     committed_at_ns: int
     target: str | None = None
     blocks: BlockList | None = None
+    # Last access time (set by create and setattr only; content commits leave it alone).
+    atime_ns: int = 0
+    # Directories: the number of live child directories (st_nlink = 2 + subdirs).
+    subdirs: int = 0
     # Only for trashed nodes.
     trashed_at_ns: int | None = None
     original_parent: int | None = None
@@ -135,10 +140,13 @@ class Node:
             "size": self.size,
             "mtime_ns": self.mtime_ns,
             "ctime_ns": self.ctime_ns,
+            "atime_ns": self.atime_ns,
             "version": self.version,
             "committed_by": self.committed_by,
             "committed_at_ns": self.committed_at_ns,
         }
+        if self.kind == "dir":
+            out["subdirs"] = self.subdirs
         if self.kind == "symlink":
             out["target"] = self.target
         if self.blocks is not None:
@@ -256,3 +264,85 @@ class FsckReport:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+
+
+# ---- batches (POST /v1/batch) ---------------------------------------------------------------
+# A reference to a node in a batch op: a node id, or the `label` of an earlier create of the
+# same batch (meaning the node that create made).
+NodeRef = int | str
+BATCH_MAX_OPS = 1000
+
+
+@dataclass(frozen=True)
+class CreateOp:
+    parent: NodeRef
+    name: str
+    kind: str
+    mode: int | None = None
+    mtime_ns: int | None = None
+    atime_ns: int | None = None
+    target: str | None = None
+    size: int = 0
+    blocks: BlockList = field(default_factory=list)
+    label: str | None = None
+    op: ClassVar[str] = "create"
+
+
+@dataclass(frozen=True)
+class CommitOp:
+    node: NodeRef
+    base_version: int
+    size: int
+    blocks: BlockList
+    mtime_ns: int | None = None
+    op: ClassVar[str] = "commit"
+
+
+@dataclass(frozen=True)
+class SetattrOp:
+    node: NodeRef
+    mode: int | None = None
+    mtime_ns: int | None = None
+    atime_ns: int | None = None
+    op: ClassVar[str] = "setattr"
+
+
+@dataclass(frozen=True)
+class MoveOp:
+    node: NodeRef
+    parent: NodeRef
+    name: str
+    replace: bool = False
+    op: ClassVar[str] = "move"
+
+
+@dataclass(frozen=True)
+class DeleteOp:
+    node: NodeRef
+    op: ClassVar[str] = "delete"
+
+
+BatchOp = CreateOp | CommitOp | SetattrOp | MoveOp | DeleteOp
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The outcome of one batch op: `error` set (nothing of the op applied), or the op's value:
+    `node` for create/commit/setattr/move, `replaced` for move, `trashed` for delete."""
+
+    op: str
+    node: Node | None = None
+    replaced: int | None = None
+    trashed: bool | None = None
+    error: ServerError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"ok": False, "status": self.error.status, **self.error.body()}
+        if self.op == "delete":
+            return {"ok": True, "trashed": self.trashed}
+        assert self.node is not None
+        out: dict[str, Any] = {"ok": True, "node": self.node.to_json()}
+        if self.op == "move":
+            out["replaced"] = self.replaced
+        return out

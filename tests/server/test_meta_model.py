@@ -1,8 +1,10 @@
 """Hypothesis state machine: each metadata engine (SQLite, PostgreSQL) against an in-memory oracle.
 
-Random mkdir/create/commit/move/delete/trash-restore/version-restore with tiny blocks; after every
-step the listings, histories and usage must match the oracle, and the store's own consistency check
-(refcounts, counters, availability, tree) must find nothing.
+Random mkdir/create/commit/move/delete/trash-restore/version-restore with tiny blocks (create,
+commit, move and delete each either through its own method or as a one-op batch); after every
+step the listings, histories, usage, each directory's `subdirs` and mtime (the time of the last
+change of an entry in it) must match the oracle, and the store's own consistency check (refcounts,
+counters, availability, tree, subdirs) must find nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cloudfs_server.engines import sqlite as meta_sqlite
 from cloudfs_server.engines.meta import MetadataStore
 from cloudfs_server.engines.postgres import PostgresMetadataStore
 from cloudfs_server.engines.sqlite import SqliteMetadataStore
+from cloudfs_server.model import BatchOp, CommitOp, CreateOp, DeleteOp, MoveOp
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -42,6 +45,7 @@ class ONode:
     history: list[tuple[int, bytes]] = field(default_factory=list)  # files: (version, content)
     trashed: bool = False
     original_parent: int | None = None
+    mtime_ns: int | None = None  # dirs: expected mtime (None: not known, the root at first)
 
     @property
     def version(self) -> int:
@@ -64,6 +68,7 @@ class MetaMachine(RuleBasedStateMachine):
         user, _ = self.run(self.store.create_user("u", None))
         self.uid, self.root = user.user_id, user.root
         self.nodes: dict[int, ONode] = {self.root: ONode("dir", None, "")}
+        self.seq = self.run(self.store.changes(self.uid, None, 1)).cursor
         for content in [b"x", b"xy", b"z", b"hello", b"lo", b"he", b"ll", b"yz"]:
             for block_id, size in split(content):
                 self.run(self.store.record_upload(self.uid, block_id, size))
@@ -86,7 +91,64 @@ class MetaMachine(RuleBasedStateMachine):
         except errors.ServerError as exc:
             return type(exc), None
 
+    def attempt_op(self, op: BatchOp, via_batch: bool) -> tuple[type[Exception] | None, Any]:
+        """`op` through its single method, or as a one-op `apply_batch`; the same answer shape
+        either way, so one oracle checks that the two paths agree."""
+        if not via_batch:
+            if isinstance(op, CreateOp):
+                assert isinstance(op.parent, int)
+                return self.attempt(
+                    self.store.create_node(
+                        self.uid,
+                        op.parent,
+                        op.name,
+                        op.kind,
+                        None,
+                        None,
+                        None,
+                        op.size,
+                        op.blocks,
+                        "d",
+                    )
+                )
+            if isinstance(op, CommitOp):
+                assert isinstance(op.node, int)
+                return self.attempt(
+                    self.store.commit(
+                        self.uid, op.node, op.base_version, op.size, op.blocks, None, "d"
+                    )
+                )
+            if isinstance(op, MoveOp):
+                assert isinstance(op.node, int) and isinstance(op.parent, int)
+                return self.attempt(
+                    self.store.move(self.uid, op.node, op.parent, op.name, op.replace, "d")
+                )
+            assert isinstance(op, DeleteOp) and isinstance(op.node, int)
+            return self.attempt(self.store.delete(self.uid, op.node, "d"))
+        (result,) = self.run(self.store.apply_batch(self.uid, [op], "d"))
+        if result.error is not None:
+            return type(result.error), None
+        if isinstance(op, MoveOp):
+            return None, (result.node, result.replaced)
+        if isinstance(op, DeleteOp):
+            return None, result.trashed
+        return None, result.node
+
     # ---- oracle helpers ------------------------------------------------------------------
+    def changed(self, *dir_ids: int | None, one_op: bool = True) -> int:
+        """The time of the change(s) the last op logged; those directories now have it as
+        mtime. Every change row of one op carries the same time."""
+        page = self.run(self.store.changes(self.uid, self.seq, 10_000))
+        assert page.changes, "the op logged no change"
+        times = {c.time_ns for c in page.changes if c.seq > self.seq}
+        self.seq = page.cursor
+        last = page.changes[-1].time_ns
+        for dir_id in dir_ids:
+            if dir_id is not None:
+                self.nodes[dir_id].mtime_ns = last
+        assert len(times) == 1 or not dir_ids or not one_op, times
+        return last
+
     def live(self, kind: str | None = None) -> list[int]:
         return sorted(
             i for i, n in self.nodes.items() if not n.trashed and (kind is None or n.kind == kind)
@@ -109,16 +171,22 @@ class MetaMachine(RuleBasedStateMachine):
         return out
 
     # ---- rules ---------------------------------------------------------------------------
-    @rule(data=st.data(), name=NAMES, kind=st.sampled_from(["dir", "file"]), content=CONTENTS)
-    def create(self, data: st.DataObject, name: str, kind: str, content: bytes) -> None:
+    @rule(
+        data=st.data(),
+        name=NAMES,
+        kind=st.sampled_from(["dir", "file"]),
+        content=CONTENTS,
+        via_batch=st.booleans(),
+    )
+    def create(
+        self, data: st.DataObject, name: str, kind: str, content: bytes, via_batch: bool
+    ) -> None:
         parent = data.draw(st.sampled_from(self.live()))
         if kind == "dir":
             content = b""
         blocks = split(content)
-        exc, node = self.attempt(
-            self.store.create_node(
-                self.uid, parent, name, kind, None, None, None, len(content), blocks, "d"
-            )
+        exc, node = self.attempt_op(
+            CreateOp(parent, name, kind, size=len(content), blocks=blocks), via_batch
         )
         if self.nodes[parent].kind != "dir":
             assert exc is errors.NotDirError
@@ -131,6 +199,9 @@ class MetaMachine(RuleBasedStateMachine):
             self.nodes[node.node_id] = ONode(
                 kind, parent, name, [(1, content)] if kind == "file" else []
             )
+            now = self.changed(parent)
+            if kind == "dir":
+                self.nodes[node.node_id].mtime_ns = now
 
     def uploaded(self) -> set[str]:
         return {
@@ -139,8 +210,8 @@ class MetaMachine(RuleBasedStateMachine):
             for b, _ in split(c)
         }
 
-    @rule(data=st.data(), content=CONTENTS, stale=st.booleans())
-    def commit(self, data: st.DataObject, content: bytes, stale: bool) -> None:
+    @rule(data=st.data(), content=CONTENTS, stale=st.booleans(), via_batch=st.booleans())
+    def commit(self, data: st.DataObject, content: bytes, stale: bool, via_batch: bool) -> None:
         files = self.live("file")
         if not files:
             return
@@ -148,9 +219,7 @@ class MetaMachine(RuleBasedStateMachine):
         node = self.nodes[node_id]
         base = node.version - 1 if stale else node.version
         blocks = split(content)
-        exc, result = self.attempt(
-            self.store.commit(self.uid, node_id, base, len(content), blocks, None, "d")
-        )
+        exc, result = self.attempt_op(CommitOp(node_id, base, len(content), blocks), via_batch)
         if set(b for b, _ in blocks) - self.uploaded():
             assert exc is errors.MissingBlocksError
         elif stale:
@@ -158,12 +227,13 @@ class MetaMachine(RuleBasedStateMachine):
         else:
             assert exc is None and result.version == node.version + 1
             node.history.append((node.version + 1, content))
+            self.changed()
 
-    @rule(data=st.data(), name=NAMES, replace=st.booleans())
-    def move(self, data: st.DataObject, name: str, replace: bool) -> None:
+    @rule(data=st.data(), name=NAMES, replace=st.booleans(), via_batch=st.booleans())
+    def move(self, data: st.DataObject, name: str, replace: bool, via_batch: bool) -> None:
         node_id = data.draw(st.sampled_from(self.live()))
         parent = data.draw(st.sampled_from(self.live()))
-        exc, result = self.attempt(self.store.move(self.uid, node_id, parent, name, replace, "d"))
+        exc, result = self.attempt_op(MoveOp(node_id, parent, name, replace), via_batch)
         node = self.nodes[node_id]
         expected: type[Exception] | None = None
         target = self.child(parent, name)
@@ -200,23 +270,49 @@ class MetaMachine(RuleBasedStateMachine):
                 del self.nodes[target]
             else:
                 t.trashed, t.original_parent, t.parent = True, t.parent, None
+        self.changed(node.parent, parent)
         node.parent, node.name = parent, name
 
-    @rule(data=st.data())
-    def delete(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), via_batch=st.booleans())
+    def delete(self, data: st.DataObject, via_batch: bool) -> None:
         node_id = data.draw(st.sampled_from(self.live()))
         node = self.nodes[node_id]
-        exc, trashed = self.attempt(self.store.delete(self.uid, node_id, "d"))
+        exc, trashed = self.attempt_op(DeleteOp(node_id), via_batch)
         if node.parent is None:
             assert exc is errors.InvalidMoveError
         elif node.kind == "dir" and self.has_children(node_id):
             assert exc is errors.NotEmptyError
         elif node.kind == "dir":
             assert exc is None and trashed is False
+            self.changed(node.parent)
             del self.nodes[node_id]
         else:
             assert exc is None and trashed is True
+            self.changed(node.parent)
             node.trashed, node.original_parent, node.parent = True, node.parent, None
+
+    @rule(data=st.data(), names=st.lists(NAMES, min_size=2, max_size=4))
+    def batch_of_mkdirs(self, data: st.DataObject, names: list[str]) -> None:
+        """Several ops in one batch: each sees the earlier ones (a repeated name is `exists`),
+        and a failing one leaves the others applied."""
+        parent = data.draw(st.sampled_from(self.live()))
+        ops: list[BatchOp] = [CreateOp(parent, name, "dir") for name in names]
+        results = self.run(self.store.apply_batch(self.uid, ops, "d"))
+        applied = False
+        for name, result in zip(names, results, strict=True):
+            if self.nodes[parent].kind != "dir":
+                assert type(result.error) is errors.NotDirError
+            elif self.child(parent, name) is not None:
+                assert type(result.error) is errors.ExistsError
+            else:
+                assert result.error is None and result.node is not None
+                self.nodes[result.node.node_id] = ONode("dir", parent, name)
+                applied = True
+        if applied:  # the parent's mtime: the time of the batch's last applied create
+            self.changed(parent, one_op=False)
+            for result in results:
+                if result.node is not None:  # a new directory's own mtime: its create's time
+                    self.nodes[result.node.node_id].mtime_ns = result.node.mtime_ns
 
     @rule(data=st.data())
     def restore_trash(self, data: st.DataObject) -> None:
@@ -235,6 +331,7 @@ class MetaMachine(RuleBasedStateMachine):
         else:
             assert exc is None
             node.trashed, node.parent = False, parent
+            self.changed(parent)
 
     @rule(data=st.data())
     def restore_version(self, data: st.DataObject) -> None:
@@ -247,6 +344,7 @@ class MetaMachine(RuleBasedStateMachine):
         exc, result = self.attempt(self.store.restore_version(self.uid, node_id, version, "d"))
         assert exc is None and result.version == node.version + 1
         node.history.append((node.version + 1, content))
+        self.changed()
 
     @rule()
     def purge_everything_old(self) -> None:
@@ -277,6 +375,19 @@ class MetaMachine(RuleBasedStateMachine):
                 if not n.trashed and n.parent == dir_id
             )
             assert got == want
+
+    @invariant()
+    def directories_match(self) -> None:
+        for dir_id in self.live("dir"):
+            got = self.run(self.store.get_node(self.uid, dir_id))
+            want = sum(
+                1
+                for n in self.nodes.values()
+                if not n.trashed and n.parent == dir_id and n.kind == "dir"
+            )
+            assert got.subdirs == want, (dir_id, got.subdirs, want)
+            if self.nodes[dir_id].mtime_ns is not None:
+                assert got.mtime_ns == self.nodes[dir_id].mtime_ns, dir_id
 
     @invariant()
     def histories_match(self) -> None:

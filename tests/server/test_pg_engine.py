@@ -115,3 +115,43 @@ async def test_accounts_writing_in_parallel_through_three_stores_keep_shared_row
     finally:
         for store in stores:
             await store.close()
+
+
+async def test_a_version_1_database_gets_atimes_and_subdirs_and_checks_clean(
+    pg_cluster: PgCluster,
+) -> None:
+    dsn = pg_cluster.new_database("v1")
+    with psycopg.connect(dsn) as conn:  # the schema and rows as a version-1 server left them
+        conn.execute(postgres.MIGRATIONS[0].encode())
+        conn.execute(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, "
+            "applied_at_ns BIGINT NOT NULL)"
+        )
+        conn.execute("INSERT INTO schema_migrations VALUES (1, 0)")
+        conn.execute(
+            "INSERT INTO users (user_id, name, token_sha256, root, created_at_ns) "
+            "VALUES (1, 'old', 'digest', 1, 0)"
+        )
+        rows = [(1, None, "", 1000), (2, 1, "a", 2000), (3, 2, "b", 3000), (4, 2, "c", 4000)]
+        for node_id, parent, name, mtime in rows:
+            conn.execute(
+                "INSERT INTO nodes (node_id, user_id, parent, name, kind, mode, size, mtime_ns, "
+                "ctime_ns, version, committed_by, committed_at_ns) "
+                "VALUES (%s, 1, %s, %s, 'dir', 493, 0, %s, %s, 1, 'laptop', %s)",
+                (node_id, parent, name, mtime, mtime, mtime),
+            )
+    store = PostgresMetadataStore(dsn, threads=1)
+    try:
+        await store.open()
+        nodes = {n: await store.get_node(1, n) for n in (1, 2, 3, 4)}
+        assert {n: node.subdirs for n, node in nodes.items()} == {1: 1, 2: 2, 3: 0, 4: 0}
+        assert {n: node.atime_ns for n, node in nodes.items()} == {
+            1: 1000,
+            2: 2000,
+            3: 3000,
+            4: 4000,
+        }
+        report = await store.check(False, set())
+        assert report.errors == [], report.errors
+    finally:
+        await store.close()

@@ -312,6 +312,11 @@ def test_migrate_copies_an_embedded_deployment_into_postgres(
     shared = ServerProcess(data, meta_url=dsn).start()
     try:
         assert root_of(shared, alice) == root  # the same token still works
+        status, docs = shared.request("GET", f"/v1/nodes/{d['id']}", alice)
+        assert status == 200 and isinstance(docs, dict)
+        assert docs["atime_ns"] == d["atime_ns"]  # copied, not reset
+        status, top = shared.request("GET", f"/v1/nodes/{root}", alice)
+        assert status == 200 and isinstance(top, dict) and top["subdirs"] == 1
         status, got = shared.request("GET", f"/v1/nodes/{f['id']}?blocks=1", alice)
         assert status == 200 and isinstance(got, dict)
         assert got["version"] == 2 and got["blocks"] == [[bid(b"two"), 3]]

@@ -17,6 +17,7 @@ from cloudfs_server import fsck
 from cloudfs_server.cli.common import CliError, store_config
 from cloudfs_server.cli.serve import lock_serving
 from cloudfs_server.config import open_stores
+from cloudfs_server.engines.sqlite import SqliteMetadataStore
 
 # Every table and the columns copied, in an order that needs no deferred checks. The
 # identity columns (users.user_id, nodes.node_id) keep their values; their sequences are moved
@@ -30,7 +31,8 @@ TABLES: tuple[tuple[str, str], ...] = (
     (
         "nodes",
         "node_id, user_id, parent, name, kind, mode, size, mtime_ns, ctime_ns, version, "
-        "committed_by, committed_at_ns, target, trashed_at_ns, original_parent, original_path",
+        "committed_by, committed_at_ns, target, trashed_at_ns, original_parent, original_path, "
+        "atime_ns, subdirs",
     ),
     (
         "versions",
@@ -91,6 +93,10 @@ def copy_metadata(data: Path, dsn: str) -> dict[str, int]:
 async def migrate(args: argparse.Namespace) -> int:
     data = Path(args.data)
     config = store_config(args)
+    # The source first gets the embedded schema this server copies (what `serve` would do).
+    source = SqliteMetadataStore(data / "meta.sqlite3")
+    await source.open()
+    await source.close()
     meta, blocks, lock = open_stores(config)
     await meta.open()  # creates or migrates the target's schema
     await blocks.open()

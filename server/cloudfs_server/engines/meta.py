@@ -16,6 +16,8 @@ import abc
 from collections.abc import Awaitable, Callable
 
 from cloudfs_server.model import (
+    BatchOp,
+    BatchResult,
     BlockList,
     ChangePage,
     FsckReport,
@@ -116,8 +118,12 @@ class MetadataStore(abc.ABC):
         size: int,
         blocks: BlockList,
         device: str,
+        atime_ns: int | None = None,
     ) -> Node:
         """Create a dir, symlink, or file (version 1 with `blocks`).
+
+        `mtime_ns` defaults to now, `atime_ns` to the mtime. The parent directory's mtime and
+        ctime become the change's time; a new directory adds 1 to the parent's `subdirs`.
 
         Raises: NotFoundError, NotDirError, ExistsError (with `node`), MissingBlocksError,
         QuotaExceededError.
@@ -142,18 +148,51 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     async def setattr(
-        self, user_id: int, node_id: int, mode: int | None, mtime_ns: int | None, device: str
-    ) -> Node: ...
+        self,
+        user_id: int,
+        node_id: int,
+        mode: int | None,
+        mtime_ns: int | None,
+        device: str,
+        atime_ns: int | None = None,
+    ) -> Node:
+        """Set the given attributes (None: keep); ctime becomes now. Raises: NotFoundError."""
 
     @abc.abstractmethod
     async def move(
         self, user_id: int, node_id: int, parent: int, name: str, replace: bool, device: str
     ) -> tuple[Node, int | None]:
-        """Rename/move, optionally replacing the target; returns the node and the replaced id."""
+        """Rename/move, optionally replacing the target; returns the node and the replaced id.
+
+        Both parents' mtime and ctime become the change's time; `subdirs` follows (a directory
+        leaves the old parent, joins the new one, a replaced empty directory leaves it).
+        """
 
     @abc.abstractmethod
     async def delete(self, user_id: int, node_id: int, device: str) -> bool:
-        """Trash a file/symlink (True) or remove an empty directory (False)."""
+        """Trash a file/symlink (True) or remove an empty directory (False).
+
+        The parent's mtime and ctime become the change's time (and `subdirs` drops for a dir).
+        """
+
+    @abc.abstractmethod
+    async def apply_batch(self, user_id: int, ops: list[BatchOp], device: str) -> list[BatchResult]:
+        """Apply `ops` in order; one result per op, same order (POST /v1/batch).
+
+        Contract (every engine):
+        - Each op does exactly what the single method does (`create_node`, `commit`, `setattr`,
+          `move`, `delete`): same checks in the same order, same rows, same change-log rows, same
+          `ServerError` (returned in `BatchResult.error`, never raised).
+        - Each op is atomic on its own: a failing op changes nothing (a savepoint rolled back)
+          and later ops still run, seeing the effects of every earlier op that succeeded.
+        - The whole batch is one transaction: it commits once (one fsync), and the call returns
+          only after that commit; the caller then wakes long-polls once. If the transaction
+          itself fails (I/O, a bug), the call raises and nothing of the batch is applied.
+        - A `NodeRef` that is a str is the `label` of an earlier `CreateOp` of this batch and
+          means the node it made. The caller guarantees every label is defined once, before
+          use. If that create failed, the op fails with `DependencyFailedError(label=...)`.
+        - Every op's node ids are checked like the single methods (another user's → not_found).
+        """
 
     # ---- history and trash ---------------------------------------------------------------
     @abc.abstractmethod

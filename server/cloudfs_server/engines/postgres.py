@@ -43,7 +43,7 @@ from cloudfs_server.engines import sqlite as sqlite_engine
 from cloudfs_server.engines.gclock import GcLock
 from cloudfs_server.engines.sqlite import SqliteMetadataStore
 from cloudfs_server.errors import StoreUnavailableError
-from cloudfs_server.model import Node, ServerUsage, Usage, UserInfo
+from cloudfs_server.model import BatchOp, BatchResult, Node, ServerUsage, Usage, UserInfo
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,9 @@ RETRY_BUDGET_S = 10.0
 CONNECT_TIMEOUT_S = 3
 
 # Versioned schema: step N brings the schema from version N-1 to N, in one transaction, recorded
-# in `schema_migrations`. Never edit a released step; append a new one. Planned next steps (the
-# embedded engine's `batch` change): 2 = `ALTER TABLE nodes ADD COLUMN atime_ns BIGINT` (set to
-# mtime_ns), 3 = `ALTER TABLE nodes ADD COLUMN subdirs BIGINT NOT NULL DEFAULT 0` (filled by
-# counting live child directories). Columns mean what they mean in the embedded schema
-# (docs/server.md); names use the "C" collation so they sort by UTF-8 bytes as there.
+# in `schema_migrations`. Never edit a released step; append a new one. Columns mean what they
+# mean in the embedded schema (docs/server.md); names use the "C" collation so they sort by UTF-8
+# bytes as there. Step 2 is the embedded engine's schema version 2 (node atime and `subdirs`).
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE users (
@@ -154,6 +152,17 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (user_id, device_id)
     );
     """,
+    # 2: atime_ns of every node (starts as its mtime) and subdirs of every directory (the count
+    # of its live child directories, what fsck checks).
+    """
+    ALTER TABLE nodes ADD COLUMN atime_ns BIGINT NOT NULL DEFAULT 0;
+    UPDATE nodes SET atime_ns = mtime_ns;
+    ALTER TABLE nodes ADD COLUMN subdirs BIGINT NOT NULL DEFAULT 0;
+    UPDATE nodes SET subdirs = c.n FROM (
+        SELECT parent, COUNT(*) AS n FROM nodes
+        WHERE kind = 'dir' AND parent IS NOT NULL AND trashed_at_ns IS NULL GROUP BY parent
+    ) AS c WHERE nodes.node_id = c.parent AND nodes.kind = 'dir';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -224,6 +233,9 @@ class PostgresMetadataStore(SqliteMetadataStore):
         self._conns_lock = threading.Lock()
         self._open = False
         self.retries = 0  # statistics: transactions retried after a serialization failure
+        # Statistics: namespace write transactions committed (under an account's lock; not gc,
+        # purge and the like, which run on their own schedule).
+        self.groups_committed = 0
 
     # ---- plumbing ------------------------------------------------------------------------
     def _pg(self) -> PgConn:
@@ -278,6 +290,9 @@ class PostgresMetadataStore(SqliteMetadataStore):
                 committing = True
                 if begin:
                     conn.raw.execute("COMMIT")
+                    if writer is not None:
+                        with self._conns_lock:
+                            self.groups_committed += 1
                 if conn.changed_users:
                     self._notify(conn)
                 return result
@@ -398,6 +413,11 @@ class PostgresMetadataStore(SqliteMetadataStore):
 
     async def restore_trash(self, user_id: int, *args: Any, **kwargs: Any) -> Node:
         return await self._as_writer(user_id, super().restore_trash(user_id, *args, **kwargs))
+
+    async def apply_batch(self, user_id: int, ops: list[BatchOp], device: str) -> list[BatchResult]:
+        # One transaction under the account's lock; each op in its own SAVEPOINT (the inherited
+        # `_batch`), so a failed op's ROLLBACK TO also clears PostgreSQL's aborted state.
+        return await self._as_writer(user_id, super().apply_batch(user_id, ops, device))
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         return await self._run(fn, args, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")

@@ -29,6 +29,7 @@ from cloudfs_server.engines.meta import MetadataStore
 from cloudfs_server.errors import (
     BadRequestError,
     CursorExpiredError,
+    DependencyFailedError,
     ExistsError,
     InvalidMoveError,
     IsDirError,
@@ -37,17 +38,26 @@ from cloudfs_server.errors import (
     NotEmptyError,
     NotFoundError,
     QuotaExceededError,
+    ServerError,
     VersionConflictError,
 )
 from cloudfs_server.model import (
     DEFAULT_MODE,
     MODE_MASK,
+    BatchOp,
+    BatchResult,
     BlockList,
     Change,
     ChangePage,
+    CommitOp,
+    CreateOp,
+    DeleteOp,
     FsckReport,
+    MoveOp,
     Node,
+    NodeRef,
     ServerUsage,
+    SetattrOp,
     Usage,
     UserInfo,
     VersionInfo,
@@ -57,10 +67,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # SQLite's default limit on host parameters is 32766 (>= 3.32); stay well below it.
 IN_CHUNK = 500
 
+# The version-1 tables. A new file gets them and then every step of MIGRATIONS, exactly like an
+# existing version-1 file, so the migration path is the one every test runs.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
@@ -149,9 +161,25 @@ CREATE TABLE IF NOT EXISTS changes (
 ) WITHOUT ROWID;
 """
 
+# (version, script): the ordered steps from one schema version to the next, applied at open in the
+# same transaction as the new `settings.schema_version`. Never edit a released step; append one.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        2,
+        """
+ALTER TABLE nodes ADD COLUMN atime_ns INTEGER NOT NULL DEFAULT 0;
+UPDATE nodes SET atime_ns = mtime_ns;
+ALTER TABLE nodes ADD COLUMN subdirs INTEGER NOT NULL DEFAULT 0;
+UPDATE nodes SET subdirs = (
+    SELECT COUNT(*) FROM nodes AS c WHERE c.parent = nodes.node_id AND c.kind = 'dir'
+) WHERE kind = 'dir';
+""",
+    ),
+)
+
 NODE_COLS = (
     "node_id, parent, name, kind, mode, size, mtime_ns, ctime_ns, version, committed_by, "
-    "committed_at_ns, target, trashed_at_ns, original_parent, original_path"
+    "committed_at_ns, target, trashed_at_ns, original_parent, original_path, atime_ns, subdirs"
 )
 CHANGE_COLS = "seq, op, node_id, kind, parent, name, version, device, time_ns, old_parent, old_name"
 
@@ -173,6 +201,8 @@ def _node(row: tuple[Any, ...]) -> Node:
         trashed_at_ns=row[12],
         original_parent=row[13],
         original_path=row[14],
+        atime_ns=row[15],
+        subdirs=row[16],
     )
 
 
@@ -344,14 +374,26 @@ class SqliteMetadataStore(MetadataStore):
                 if statement.strip():
                     conn.execute(statement)
             row = conn.execute("SELECT value FROM settings WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                conn.execute(
-                    "INSERT INTO settings VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
-            elif int(row[0]) != SCHEMA_VERSION:
+            fresh = row is None
+            version = 1 if fresh else int(row[0])  # a new file has just got the v1 tables
+            if version > SCHEMA_VERSION:
                 raise RuntimeError(
-                    f"{self.path} has schema version {row[0]}, this server knows {SCHEMA_VERSION}"
+                    f"{self.path} has schema version {version}, this server knows "
+                    f"{SCHEMA_VERSION}; use a newer cloudfs-server"
                 )
+            for target, script in MIGRATIONS:
+                if version < target:
+                    if not fresh:
+                        log.info("migrating %s to schema version %d", self.path, target)
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    version = target
+            conn.execute(
+                "INSERT INTO settings VALUES ('schema_version', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(version),),
+            )
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -530,6 +572,19 @@ class SqliteMetadataStore(MetadataStore):
         )
         return len(rows_l)
 
+    @staticmethod
+    def _dir_changed(
+        conn: sqlite3.Connection, dir_id: int | None, now: int, subdirs_delta: int = 0
+    ) -> None:
+        """An entry of `dir_id` was added, removed or renamed at `now`: its mtime and ctime
+        become `now` (the change's `time_ns`), and `subdirs` moves by `subdirs_delta`."""
+        if dir_id is not None:
+            conn.execute(
+                "UPDATE nodes SET mtime_ns = ?, ctime_ns = ?, subdirs = subdirs + ? "
+                "WHERE node_id = ?",
+                (now, now, subdirs_delta, dir_id),
+            )
+
     def _trash(self, conn: sqlite3.Connection, node: Node, now: int) -> None:
         path = self._path(conn, node.node_id)
         conn.execute(
@@ -553,9 +608,9 @@ class SqliteMetadataStore(MetadataStore):
         ).fetchone()[0]
         root = conn.execute(
             "INSERT INTO nodes (user_id, parent, name, kind, mode, size, mtime_ns, ctime_ns, "
-            "version, committed_by, committed_at_ns) VALUES (?, NULL, '', 'dir', ?, 0, ?, ?, 1, "
-            "'server', ?) RETURNING node_id",
-            (user_id, DEFAULT_MODE["dir"], now, now, now),
+            "atime_ns, version, committed_by, committed_at_ns) VALUES (?, NULL, '', 'dir', ?, 0, "
+            "?, ?, ?, 1, 'server', ?) RETURNING node_id",
+            (user_id, DEFAULT_MODE["dir"], now, now, now, now),
         ).fetchone()[0]
         conn.execute("UPDATE users SET root = ? WHERE user_id = ?", (root, user_id))
         return UserInfo(user_id, name, root, quota), token
@@ -755,6 +810,7 @@ class SqliteMetadataStore(MetadataStore):
         size: int,
         blocks: BlockList,
         device: str,
+        atime_ns: int | None = None,
     ) -> Node:
         directory = self._live(conn, user_id, parent)
         if directory.kind != "dir":
@@ -775,11 +831,12 @@ class SqliteMetadataStore(MetadataStore):
         now = time.time_ns()
         mtime = now if mtime_ns is None else mtime_ns
         perm = DEFAULT_MODE[kind] if mode is None else mode & MODE_MASK
+        atime = mtime if atime_ns is None else atime_ns
         row = conn.execute(
             "INSERT INTO nodes (user_id, parent, name, kind, mode, size, mtime_ns, ctime_ns, "
-            "version, committed_by, committed_at_ns, target) "
-            f"VALUES (?,?,?,?,?,?,?,?,1,?,?,?) RETURNING {NODE_COLS}",
-            (user_id, parent, name, kind, perm, size, mtime, now, device, now, target),
+            "atime_ns, version, committed_by, committed_at_ns, target) "
+            f"VALUES (?,?,?,?,?,?,?,?,?,1,?,?,?) RETURNING {NODE_COLS}",
+            (user_id, parent, name, kind, perm, size, mtime, now, atime, device, now, target),
         ).fetchone()
         node = _node(row)
         if kind == "file":
@@ -790,6 +847,7 @@ class SqliteMetadataStore(MetadataStore):
             )
             self._add_refs(conn, blocks, +1)
             self._add_logical(conn, user_id, size)
+        self._dir_changed(conn, parent, now, 1 if kind == "dir" else 0)
         self._log(conn, user_id, "create", node, device, now)
         return node
 
@@ -805,9 +863,21 @@ class SqliteMetadataStore(MetadataStore):
         size: int,
         blocks: BlockList,
         device: str,
+        atime_ns: int | None = None,
     ) -> Node:
         return await self._write(
-            self._create, user_id, parent, name, kind, mode, mtime_ns, target, size, blocks, device
+            self._create,
+            user_id,
+            parent,
+            name,
+            kind,
+            mode,
+            mtime_ns,
+            target,
+            size,
+            blocks,
+            device,
+            atime_ns,
         )
 
     def _new_version(
@@ -891,29 +961,45 @@ class SqliteMetadataStore(MetadataStore):
             self._commit, user_id, node_id, base_version, size, blocks, mtime_ns, device
         )
 
-    async def setattr(
-        self, user_id: int, node_id: int, mode: int | None, mtime_ns: int | None, device: str
+    def _setattr(
+        self,
+        conn: sqlite3.Connection,
+        user_id: int,
+        node_id: int,
+        mode: int | None,
+        mtime_ns: int | None,
+        device: str,
+        atime_ns: int | None = None,
     ) -> Node:
-        def run(conn: sqlite3.Connection) -> Node:
-            node = self._live(conn, user_id, node_id)
-            now = time.time_ns()
-            perm = node.mode if mode is None else mode & MODE_MASK
-            mtime = node.mtime_ns if mtime_ns is None else mtime_ns
-            row = conn.execute(
-                f"UPDATE nodes SET mode = ?, mtime_ns = ?, ctime_ns = ? WHERE node_id = ? "
-                f"RETURNING {NODE_COLS}",
-                (perm, mtime, now, node_id),
-            ).fetchone()
-            if node.kind == "file":
-                conn.execute(
-                    "UPDATE versions SET mtime_ns = ? WHERE node_id = ? AND version = ?",
-                    (mtime, node_id, node.version),
-                )
-            updated = _node(row)
-            self._log(conn, user_id, "setattr", updated, device, now)
-            return updated
+        node = self._live(conn, user_id, node_id)
+        now = time.time_ns()
+        perm = node.mode if mode is None else mode & MODE_MASK
+        mtime = node.mtime_ns if mtime_ns is None else mtime_ns
+        atime = node.atime_ns if atime_ns is None else atime_ns
+        row = conn.execute(
+            "UPDATE nodes SET mode = ?, mtime_ns = ?, atime_ns = ?, ctime_ns = ? WHERE node_id = ? "
+            f"RETURNING {NODE_COLS}",
+            (perm, mtime, atime, now, node_id),
+        ).fetchone()
+        if node.kind == "file":
+            conn.execute(
+                "UPDATE versions SET mtime_ns = ? WHERE node_id = ? AND version = ?",
+                (mtime, node_id, node.version),
+            )
+        updated = _node(row)
+        self._log(conn, user_id, "setattr", updated, device, now)
+        return updated
 
-        return await self._write(run)
+    async def setattr(
+        self,
+        user_id: int,
+        node_id: int,
+        mode: int | None,
+        mtime_ns: int | None,
+        device: str,
+        atime_ns: int | None = None,
+    ) -> Node:
+        return await self._write(self._setattr, user_id, node_id, mode, mtime_ns, device, atime_ns)
 
     def _move(
         self,
@@ -939,6 +1025,10 @@ class SqliteMetadataStore(MetadataStore):
         now = time.time_ns()
         replaced: int | None = None
         version = node.version
+        is_dir = 1 if node.kind == "dir" else 0
+        # subdirs deltas of the parents; both get the operation's time as mtime.
+        deltas: Counter[int] = Counter({parent: is_dir})
+        deltas[node.parent] -= is_dir
         if target is not None:
             if not replace:
                 raise ExistsError(
@@ -952,6 +1042,7 @@ class SqliteMetadataStore(MetadataStore):
                 if self._has_children(conn, target.node_id):
                     raise NotEmptyError(f"directory {target.node_id} is not empty")
                 conn.execute("DELETE FROM nodes WHERE node_id = ?", (target.node_id,))
+                deltas[parent] -= 1
             elif node.kind == "dir":
                 raise NotDirError(f"cannot replace non-directory {target.node_id} with a directory")
             elif node.kind == "file" and target.kind == "file":
@@ -971,6 +1062,8 @@ class SqliteMetadataStore(MetadataStore):
             (parent, name, now, version, node_id),
         ).fetchone()
         moved = _node(row)
+        for dir_id, delta in deltas.items():
+            self._dir_changed(conn, dir_id, now, delta)
         self._log(
             conn, user_id, "move", moved, device, now, old_parent=node.parent, old_name=node.name
         )
@@ -999,25 +1092,120 @@ class SqliteMetadataStore(MetadataStore):
     ) -> tuple[Node, int | None]:
         return await self._write(self._move, user_id, node_id, parent, name, replace, device)
 
-    async def delete(self, user_id: int, node_id: int, device: str) -> bool:
-        def run(conn: sqlite3.Connection) -> bool:
-            node = self._live(conn, user_id, node_id)
-            if node.parent is None:
-                raise InvalidMoveError("the root directory cannot be deleted")
-            now = time.time_ns()
-            if node.kind == "dir":
-                if self._has_children(conn, node_id):
-                    raise NotEmptyError(f"directory {node_id} is not empty")
-                conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
-                self._log(conn, user_id, "delete", node, device, now)
-                return False
-            self._trash(conn, node, now)
-            if node.kind == "file":
-                self._add_logical(conn, user_id, -node.size)
+    def _delete(self, conn: sqlite3.Connection, user_id: int, node_id: int, device: str) -> bool:
+        node = self._live(conn, user_id, node_id)
+        if node.parent is None:
+            raise InvalidMoveError("the root directory cannot be deleted")
+        now = time.time_ns()
+        if node.kind == "dir":
+            if self._has_children(conn, node_id):
+                raise NotEmptyError(f"directory {node_id} is not empty")
+            conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+            self._dir_changed(conn, node.parent, now, -1)
             self._log(conn, user_id, "delete", node, device, now)
-            return True
+            return False
+        self._trash(conn, node, now)
+        if node.kind == "file":
+            self._add_logical(conn, user_id, -node.size)
+        self._dir_changed(conn, node.parent, now)
+        self._log(conn, user_id, "delete", node, device, now)
+        return True
 
-        return await self._write(run)
+    async def delete(self, user_id: int, node_id: int, device: str) -> bool:
+        return await self._write(self._delete, user_id, node_id, device)
+
+    def _batch(
+        self, conn: sqlite3.Connection, user_id: int, ops: list[BatchOp], device: str
+    ) -> list[BatchResult]:
+        """Every op in its own savepoint inside the caller's transaction (one write, one COMMIT).
+
+        The per-op bodies are the single methods' own (`_create`, `_commit`, ...), so a batch op
+        and its single route cannot drift apart.
+        """
+        labels: dict[str, int | None] = {}  # label -> node id, or None if its create failed
+
+        def ref(value: NodeRef) -> int:
+            if isinstance(value, int):
+                return value
+            node_id = labels[value]  # the route checked that it is defined before this op
+            if node_id is None:
+                raise DependencyFailedError(
+                    f"the create labelled {value!r} failed, so this op was not applied",
+                    label=value,
+                )
+            return node_id
+
+        results: list[BatchResult] = []
+        for op in ops:
+            conn.execute("SAVEPOINT batch_op")
+            try:
+                result = self._batch_op(conn, user_id, op, ref, device)
+            except ServerError as exc:
+                conn.execute("ROLLBACK TO batch_op")
+                conn.execute("RELEASE batch_op")
+                results.append(BatchResult(op.op, error=exc))
+                if isinstance(op, CreateOp) and op.label is not None:
+                    labels[op.label] = None
+                continue
+            conn.execute("RELEASE batch_op")
+            results.append(result)
+            if isinstance(op, CreateOp) and op.label is not None:
+                assert result.node is not None
+                labels[op.label] = result.node.node_id
+        return results
+
+    def _batch_op(
+        self,
+        conn: sqlite3.Connection,
+        user_id: int,
+        op: BatchOp,
+        ref: Callable[[NodeRef], int],
+        device: str,
+    ) -> BatchResult:
+        if isinstance(op, CreateOp):
+            node = self._create(
+                conn,
+                user_id,
+                ref(op.parent),
+                op.name,
+                op.kind,
+                op.mode,
+                op.mtime_ns,
+                op.target,
+                op.size,
+                op.blocks,
+                device,
+                op.atime_ns,
+            )
+            return BatchResult(op.op, node=node)
+        if isinstance(op, CommitOp):
+            node = self._commit(
+                conn,
+                user_id,
+                ref(op.node),
+                op.base_version,
+                op.size,
+                op.blocks,
+                op.mtime_ns,
+                device,
+            )
+            return BatchResult(op.op, node=node)
+        if isinstance(op, SetattrOp):
+            node = self._setattr(
+                conn, user_id, ref(op.node), op.mode, op.mtime_ns, device, op.atime_ns
+            )
+            return BatchResult(op.op, node=node)
+        if isinstance(op, MoveOp):
+            node_id = ref(op.node)
+            moved, replaced = self._move(
+                conn, user_id, node_id, ref(op.parent), op.name, op.replace, device
+            )
+            return BatchResult(op.op, node=moved, replaced=replaced)
+        assert isinstance(op, DeleteOp)
+        return BatchResult(op.op, trashed=self._delete(conn, user_id, ref(op.node), device))
+
+    async def apply_batch(self, user_id: int, ops: list[BatchOp], device: str) -> list[BatchResult]:
+        return await self._write(self._batch, user_id, ops, device)
 
     # ---- history and trash ---------------------------------------------------------------
     async def list_versions(self, user_id: int, node_id: int) -> list[VersionInfo]:
@@ -1115,6 +1303,7 @@ class SqliteMetadataStore(MetadataStore):
                 (dest_id, dest_name, now, node_id),
             ).fetchone()
             restored = _node(row)
+            self._dir_changed(conn, dest_id, now, 1 if node.kind == "dir" else 0)
             self._log(conn, user_id, "restore", restored, device, now)
             return restored
 
@@ -1246,7 +1435,8 @@ class SqliteMetadataStore(MetadataStore):
         nodes = {
             r[0]: r
             for r in conn.execute(
-                "SELECT node_id, user_id, parent, kind, size, version, trashed_at_ns FROM nodes"
+                "SELECT node_id, user_id, parent, kind, size, version, trashed_at_ns, subdirs "
+                "FROM nodes"
             )
         }
         users = {
@@ -1303,7 +1493,8 @@ class SqliteMetadataStore(MetadataStore):
                     report.errors.append(msg)
         # Nodes: tree shape and one current version per file.
         logical: Counter[int] = Counter()
-        for node_id, user_id, parent, kind, size, _version, trashed in nodes.values():
+        child_dirs: Counter[int] = Counter()
+        for node_id, user_id, parent, kind, size, _version, trashed, _subdirs in nodes.values():
             if user_id not in users:
                 report.errors.append(f"node {node_id}: belongs to no user")
                 continue
@@ -1321,6 +1512,20 @@ class SqliteMetadataStore(MetadataStore):
             up = nodes.get(parent)
             if up is None or up[6] is not None or up[3] != "dir" or up[1] != user_id:
                 report.errors.append(f"node {node_id}: parent {parent} is not a live directory")
+            if kind == "dir":
+                child_dirs[parent] += 1
+        # Directory link counts: `subdirs` is maintained by every write; recount it here.
+        for node_id, _user, _parent, kind, _size, _version, trashed, subdirs in nodes.values():
+            if kind != "dir" or trashed is not None or subdirs == child_dirs[node_id]:
+                continue
+            msg = f"directory {node_id}: subdirs {subdirs}, expected {child_dirs[node_id]}"
+            if repair:
+                conn.execute(
+                    "UPDATE nodes SET subdirs = ? WHERE node_id = ?", (child_dirs[node_id], node_id)
+                )
+                report.repaired.append(msg)
+            else:
+                report.errors.append(msg)
         for user_id, name, root, logical_bytes, last_seq in users.values():
             root_row = nodes.get(root)
             if root_row is None or root_row[3] != "dir":

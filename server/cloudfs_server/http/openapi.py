@@ -88,6 +88,7 @@ SCHEMAS: J = {
             "size",
             "mtime_ns",
             "ctime_ns",
+            "atime_ns",
             "version",
             "committed_by",
             "committed_at_ns",
@@ -101,6 +102,8 @@ SCHEMAS: J = {
             "size": {"type": "integer"},
             "mtime_ns": {"type": "integer"},
             "ctime_ns": {"type": "integer"},
+            "atime_ns": {"type": "integer"},
+            "subdirs": {"type": "integer", "description": "dirs: live child directories"},
             "version": {"type": "integer"},
             "committed_by": {"type": "string"},
             "committed_at_ns": {"type": "integer"},
@@ -331,7 +334,7 @@ def _paths() -> J:
             ),
             "patch": _op(
                 "patch_node",
-                "set mode and/or mtime",
+                "set mode, mtime and/or atime",
                 {"200": NODE_OK, "400": _err("bad_request"), "404": _err("not_found")},
                 params=[NODE_ID, DEVICE],
                 body=_json(
@@ -340,6 +343,7 @@ def _paths() -> J:
                         "properties": {
                             "mode": {"type": "integer"},
                             "mtime_ns": {"type": "integer"},
+                            "atime_ns": {"type": "integer"},
                         },
                     }
                 ),
@@ -407,6 +411,7 @@ def _paths() -> J:
                             "type": {"enum": ["dir", "file", "symlink"]},
                             "mode": {"type": "integer"},
                             "mtime_ns": {"type": "integer"},
+                            "atime_ns": {"type": "integer"},
                             "target": {"type": "string"},
                             "size": {"type": "integer"},
                             "blocks": BLOCK_LIST,
@@ -614,6 +619,7 @@ def document() -> J:
     from cloudfs_server.devices import (
         openapi as devices_openapi,  # device routes (issue 5); imports our helpers
     )
+    from cloudfs_server.http import batch  # bulk routes; imports our helpers
 
     return {
         "openapi": "3.1.0",
@@ -627,5 +633,5 @@ def document() -> J:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-        "paths": {**_paths(), **devices_openapi.paths()},
+        "paths": {**_paths(), **batch.paths(), **devices_openapi.paths()},
     }

@@ -25,6 +25,12 @@ from cloudfs_server.http.state import BLOCKS, CONFIG, GC_LOCK, META, NOTIFIER, c
 from cloudfs_server.model import (
     INT64_MAX,
     KINDS,
+    NAME_MAX_BYTES,
+    CommitOp,
+    CreateOp,
+    MoveOp,
+    NodeRef,
+    SetattrOp,
     validate_block_id,
     validate_block_list,
     validate_device,
@@ -54,13 +60,6 @@ def _parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"request body is not valid JSON: {exc}") from None
-
-
-async def checked_block_list(blocks: object, size: object) -> tuple[list[tuple[str, int]], int]:
-    if isinstance(blocks, list) and len(blocks) > BIG_BLOCK_LIST:
-        result: tuple[list[tuple[str, int]], int] = await offload(validate_block_list, blocks, size)
-        return result
-    return validate_block_list(blocks, size)
 
 
 async def json_answer(obj: Any, big: bool = False, status: int = 200) -> web.Response:
@@ -121,6 +120,86 @@ def reject_unknown(body: dict[str, Any], allowed: set[str]) -> None:
     unknown = sorted(set(body) - allowed)
     if unknown:
         raise BadRequestError(f"unknown field(s): {', '.join(map(repr, unknown))}")
+
+
+def node_ref(value: object, field_name: str, labels: bool) -> NodeRef:
+    """A node id (int >= 1) or, where `labels` (batch ops), a label string."""
+    if labels and isinstance(value, str):
+        if not value or len(value.encode("utf-8", "surrogatepass")) > NAME_MAX_BYTES:
+            raise BadRequestError(f"label '{field_name}' must be 1..{NAME_MAX_BYTES} bytes")
+        return value
+    if labels and (not isinstance(value, int) or isinstance(value, bool)):
+        raise BadRequestError(f"'{field_name}' must be a node id or the label of an earlier create")
+    return validate_int(value, field_name, minimum=1)
+
+
+# The single routes and the batch ops parse their fields with these, so they cannot drift.
+CREATE_FIELDS = {"name", "type", "mode", "mtime_ns", "atime_ns", "target", "size", "blocks"}
+COMMIT_FIELDS = {"base_version", "size", "blocks", "mtime_ns"}
+SETATTR_FIELDS = {"mode", "mtime_ns", "atime_ns"}
+MOVE_FIELDS = {"parent", "name", "replace"}
+
+
+def parse_create(body: dict[str, Any], parent: NodeRef, label: str | None = None) -> CreateOp:
+    name = validate_name(require(body, "name"))
+    kind = require(body, "type")
+    if kind not in KINDS:
+        raise BadRequestError("'type' must be one of 'dir', 'file', 'symlink'")
+    mode = optional_int(body, "mode")
+    mtime_ns = optional_int(body, "mtime_ns", INT64_MIN)
+    atime_ns = optional_int(body, "atime_ns", INT64_MIN)
+    target = None
+    if kind == "symlink":
+        target = require(body, "target")
+        if not isinstance(target, str) or not target:
+            raise BadRequestError("'target' must be a non-empty string")
+        try:
+            raw = target.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequestError("'target' is not valid UTF-8") from None
+        if len(raw) > TARGET_MAX_BYTES or "\x00" in target:
+            raise BadRequestError(f"'target' must be at most {TARGET_MAX_BYTES} bytes, no NUL")
+    elif "target" in body:
+        raise BadRequestError("'target' is only for symlinks")
+    if kind == "file":
+        blocks, size = validate_block_list(body.get("blocks", []), body.get("size", 0))
+    elif "blocks" in body or body.get("size"):
+        raise BadRequestError("'size' and 'blocks' are only for files")
+    else:
+        blocks, size = [], 0
+    return CreateOp(parent, name, kind, mode, mtime_ns, atime_ns, target, size, blocks, label)
+
+
+def parse_commit(body: dict[str, Any], node: NodeRef) -> CommitOp:
+    base_version = validate_int(require(body, "base_version"), "base_version")
+    blocks, size = validate_block_list(require(body, "blocks"), require(body, "size"))
+    return CommitOp(node, base_version, size, blocks, optional_int(body, "mtime_ns", INT64_MIN))
+
+
+def parse_setattr(body: dict[str, Any], node: NodeRef) -> SetattrOp:
+    if "size" in body:
+        raise BadRequestError("'size' cannot be patched; a size change is a content commit")
+    return SetattrOp(
+        node,
+        optional_int(body, "mode"),
+        optional_int(body, "mtime_ns", INT64_MIN),
+        optional_int(body, "atime_ns", INT64_MIN),
+    )
+
+
+def parse_move(body: dict[str, Any], node: NodeRef, labels: bool = False) -> MoveOp:
+    parent = node_ref(require(body, "parent"), "parent", labels)
+    name = validate_name(require(body, "name"))
+    replace = body.get("replace", False)
+    if not isinstance(replace, bool):
+        raise BadRequestError("'replace' must be true or false")
+    return MoveOp(node, parent, name, replace)
+
+
+def big_blocks(body: dict[str, Any]) -> bool:
+    """The body's block list is big enough to validate in a worker thread."""
+    blocks = body.get("blocks")
+    return isinstance(blocks, list) and len(blocks) > BIG_BLOCK_LIST
 
 
 def device_of(request: web.Request) -> str:
@@ -269,43 +348,25 @@ async def lookup(request: web.Request) -> web.Response:
 
 async def create_node(request: web.Request) -> web.Response:
     body = await json_body(request)
-    reject_unknown(body, {"name", "type", "mode", "mtime_ns", "target", "size", "blocks"})
-    name = validate_name(require(body, "name"))
-    kind = require(body, "type")
-    if kind not in KINDS:
-        raise BadRequestError("'type' must be one of 'dir', 'file', 'symlink'")
-    mode = optional_int(body, "mode")
-    mtime_ns = optional_int(body, "mtime_ns", INT64_MIN)
-    target = None
-    if kind == "symlink":
-        target = require(body, "target")
-        if not isinstance(target, str) or not target:
-            raise BadRequestError("'target' must be a non-empty string")
-        try:
-            raw = target.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadRequestError("'target' is not valid UTF-8") from None
-        if len(raw) > TARGET_MAX_BYTES or "\x00" in target:
-            raise BadRequestError(f"'target' must be at most {TARGET_MAX_BYTES} bytes, no NUL")
-    elif "target" in body:
-        raise BadRequestError("'target' is only for symlinks")
-    if kind == "file":
-        blocks, size = await checked_block_list(body.get("blocks", []), body.get("size", 0))
-    elif "blocks" in body or body.get("size"):
-        raise BadRequestError("'size' and 'blocks' are only for files")
-    else:
-        blocks, size = [], 0
+    reject_unknown(body, CREATE_FIELDS)
+    parent = node_id_of(request)
+    op: CreateOp = (
+        await offload(parse_create, body, parent)
+        if big_blocks(body)
+        else parse_create(body, parent)
+    )
     node = await request.app[META].create_node(
         current_user(request).user_id,
-        node_id_of(request),
-        name,
-        kind,
-        mode,
-        mtime_ns,
-        target,
-        size,
-        blocks,
+        parent,
+        op.name,
+        op.kind,
+        op.mode,
+        op.mtime_ns,
+        op.target,
+        op.size,
+        op.blocks,
         device_of(request),
+        op.atime_ns,
     )
     await notify(request)
     return web.json_response(node.to_json(), status=201)
@@ -313,17 +374,20 @@ async def create_node(request: web.Request) -> web.Response:
 
 async def commit(request: web.Request) -> web.Response:
     body = await json_body(request)
-    reject_unknown(body, {"base_version", "size", "blocks", "mtime_ns"})
-    base_version = validate_int(require(body, "base_version"), "base_version")
-    blocks, size = await checked_block_list(require(body, "blocks"), require(body, "size"))
-    mtime_ns = optional_int(body, "mtime_ns", INT64_MIN)
+    reject_unknown(body, COMMIT_FIELDS)
+    node_id = node_id_of(request)
+    op: CommitOp = (
+        await offload(parse_commit, body, node_id)
+        if big_blocks(body)
+        else parse_commit(body, node_id)
+    )
     node = await request.app[META].commit(
         current_user(request).user_id,
-        node_id_of(request),
-        base_version,
-        size,
-        blocks,
-        mtime_ns,
+        node_id,
+        op.base_version,
+        op.size,
+        op.blocks,
+        op.mtime_ns,
         device_of(request),
     )
     await notify(request)
@@ -332,15 +396,16 @@ async def commit(request: web.Request) -> web.Response:
 
 async def patch_node(request: web.Request) -> web.Response:
     body = await json_body(request)
-    if "size" in body:
-        raise BadRequestError("'size' cannot be patched; a size change is a content commit")
-    reject_unknown(body, {"mode", "mtime_ns"})
+    node_id = node_id_of(request)
+    reject_unknown(body, SETATTR_FIELDS | {"size"})  # 'size' gets its own message
+    op = parse_setattr(body, node_id)
     node = await request.app[META].setattr(
         current_user(request).user_id,
-        node_id_of(request),
-        optional_int(body, "mode"),
-        optional_int(body, "mtime_ns", INT64_MIN),
+        node_id,
+        op.mode,
+        op.mtime_ns,
         device_of(request),
+        op.atime_ns,
     )
     await notify(request)
     return web.json_response(node.to_json())
@@ -348,18 +413,15 @@ async def patch_node(request: web.Request) -> web.Response:
 
 async def move_node(request: web.Request) -> web.Response:
     body = await json_body(request)
-    reject_unknown(body, {"parent", "name", "replace"})
-    parent = validate_int(require(body, "parent"), "parent", minimum=1)
-    name = validate_name(require(body, "name"))
-    replace = body.get("replace", False)
-    if not isinstance(replace, bool):
-        raise BadRequestError("'replace' must be true or false")
+    reject_unknown(body, MOVE_FIELDS)
+    op = parse_move(body, node_id_of(request))
+    assert isinstance(op.node, int) and isinstance(op.parent, int)  # no labels outside batches
     node, replaced = await request.app[META].move(
         current_user(request).user_id,
-        node_id_of(request),
-        parent,
-        name,
-        replace,
+        op.node,
+        op.parent,
+        op.name,
+        op.replace,
         device_of(request),
     )
     await notify(request)
