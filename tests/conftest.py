@@ -7,7 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from tests.pg import PgCluster
 from tests.support import ServerProcess, User
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One PostgreSQL server for the whole session (started on first use); each test takes its
+    own database from it (`new_database()`). Stopped and removed at the end."""
+    cluster = PgCluster()
+    try:
+        cluster.init().start()
+        yield cluster
+    finally:
+        cluster.destroy()
 
 
 @pytest.fixture

@@ -43,8 +43,15 @@ class User:
 class ServerProcess:
     """A `cloudfs-server serve` child process on a free loopback port."""
 
-    def __init__(self, data_dir: Path, *extra_args: str, store_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra_args: str,
+        meta_url: str | None = None,
+        store_args: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = Path(data_dir)
+        self.meta_url = meta_url  # PostgreSQL metadata (`--meta`), else the embedded engine
         self.extra_args = extra_args
         # Block store options (--blocks, --compress, ...): also what admin commands need.
         self.store_args = store_args
@@ -60,13 +67,11 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             server_cmd(
                 "serve",
-                "--data",
-                str(self.data_dir),
+                *self.admin_args(),
                 "--host",
                 "127.0.0.1",
                 "--port",
                 "0",
-                *self.store_args,
                 *self.extra_args,
             ),
             stdout=subprocess.PIPE,
@@ -113,8 +118,15 @@ class ServerProcess:
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def admin_args(self) -> list[str]:
+        """`--data DIR`, on PostgreSQL `--meta URL`, and the block store options: what every
+        command needs to open this server's stores."""
+        meta = ["--meta", self.meta_url] if self.meta_url else []
+        return ["--data", str(self.data_dir), *meta, *self.store_args]
+
     def add_user(self, name: str, *extra: str) -> User:
-        return add_user(self.data_dir, name, *extra)
+        meta = ("--meta", self.meta_url) if self.meta_url else ()
+        return add_user(self.data_dir, name, *meta, *extra)
 
     def request(
         self,

@@ -8,11 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudfs_server.devices.store import DeviceStore, SqliteDeviceStore
 from cloudfs_server.engines.blockstore import BlockStore
 from cloudfs_server.engines.chain import BlockChain, parse_blocks_url
 from cloudfs_server.engines.dir import DirBlockStore
 from cloudfs_server.engines.encrypt import load_key
-from cloudfs_server.engines.gclock import GcLock
+from cloudfs_server.engines.gclock import FileGcLock, GcLock
 from cloudfs_server.engines.meta import MetadataStore
 from cloudfs_server.engines.sqlite import SqliteMetadataStore
 
@@ -35,6 +36,9 @@ class ServerConfig:
     # GET /metrics on the API address needs this admin token (or `sha256:<hex>` of it); None:
     # not served there (`serve --metrics-address` serves it on its own address instead).
     metrics_token: str | None = None
+    # `postgresql://…`: metadata (and devices, gc lock) in that database, shared by any number of
+    # servers; None: the embedded SQLite engine in data_dir.
+    meta_url: str | None = None
     # Block engines (`--blocks`, engines/chain.py): empty = the directory engine under data_dir;
     # two = a mirror. Layers: zstd (`--compress`), AES-256-GCM (`--encryption-key-file`).
     blocks: tuple[str, ...] = ()
@@ -42,13 +46,33 @@ class ServerConfig:
     encryption_key_file: Path | None = None
 
 
+def is_shared(config: ServerConfig) -> bool:
+    """Whether the metadata lives in a database several servers may share."""
+    return config.meta_url is not None
+
+
 def open_stores(config: ServerConfig) -> tuple[MetadataStore, BlockStore, GcLock]:
     """The engines for a data dir (not yet opened). The one place engines are chosen."""
     data = Path(config.data_dir)
+    if config.meta_url is not None:
+        # Imported here: deployments on the embedded engine never load the PostgreSQL driver.
+        from cloudfs_server.engines.postgres import PgGcLock, PostgresMetadataStore
+
+        pg = PostgresMetadataStore(config.meta_url, threads=max(8, config.metadata_threads))
+        return pg, block_chain(config).build(), PgGcLock(config.meta_url)
     meta = SqliteMetadataStore(
         data / "meta.sqlite3", threads=config.metadata_threads, synchronous=config.synchronous
     )
-    return meta, block_chain(config).build(), GcLock(data / "gc.lock")
+    return meta, block_chain(config).build(), FileGcLock(data / "gc.lock")
+
+
+def open_device_store(config: ServerConfig) -> DeviceStore:
+    """The device list's engine (not yet opened): next to the metadata."""
+    if config.meta_url is not None:
+        from cloudfs_server.devices.store_postgres import PgDeviceStore
+
+        return PgDeviceStore(config.meta_url)
+    return SqliteDeviceStore(Path(config.data_dir) / "devices.sqlite3")
 
 
 def block_chain(config: ServerConfig) -> BlockChain:

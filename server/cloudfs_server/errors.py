@@ -26,8 +26,10 @@ Tree (every class carries its protocol `code` and HTTP `status`; see docs/protoc
     ├── QuotaExceededError     507   a commit would exceed the user's quota
     ├── ServerFullError        507   the server's disk (block files or database) is full. A
     │                                retry helps once an operator frees space.
-    ├── StoreUnavailableError  503   the block store (e.g. S3) failed temporarily; `Retry-After`
-    │                                says when to try again (the request had no effect)
+    ├── StoreUnavailableError  503   a store (S3, the PostgreSQL database) failed temporarily or
+    │                                cannot be reached; retry after `Retry-After` seconds (nothing
+    │                                was changed, or the outcome of a commit is unknown: re-read
+    │                                before redoing it)
     ├── StoreCorruptError      500   the stores disagree with themselves (fsck needed)
     └── StoreConfigError       500   the block store options are unusable or do not match the
                                      stored data (wrong key, other layers); raised at start-up
@@ -147,13 +149,14 @@ class ServerFullError(ServerError):
 
 
 class StoreUnavailableError(ServerError):
-    """The block store answered with a temporary failure (connection refused, timeout, 5xx,
-    throttling). Nothing was stored or changed; retrying after `retry_after_s` can help."""
+    """A store's service failed temporarily: the block store (connection refused, timeout, 5xx,
+    throttling; nothing was stored) or the PostgreSQL database (unreachable or gone mid-call;
+    the engines reconnect by themselves). Retrying after `retry_after_s` can help."""
 
     code, status = "store_unavailable", 503
 
-    def __init__(self, message: str, retry_after_s: int = 5) -> None:
-        super().__init__(message, retry_after_s=retry_after_s)
+    def __init__(self, message: str, retry_after_s: int = 5, **details: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.details["retry_after_s"])}

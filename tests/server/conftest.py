@@ -14,8 +14,13 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient
 from cloudfs_server.http.app import META, ServerConfig, create_app
 
+from tests.pg import PgCluster
 from tests.server.helpers import bid
 from tests.support import S3_ENV, MotoServer, server_cmd
+
+# `pytestmark = BOTH_ENGINES` in a module runs each of its tests on the embedded engine and on
+# PostgreSQL (the conformance suite: the two engines must not drift apart).
+BOTH_ENGINES = pytest.mark.parametrize("meta_engine", ["sqlite", "postgres"], indirect=True)
 
 
 class AppUser:
@@ -124,9 +129,7 @@ def no_unexpected_server_errors(
     if srv is not None and srv.proc is not None:
         # Whatever the test did, the stores it leaves behind are consistent.
         check = subprocess.run(
-            server_cmd("fsck", "--data", str(srv.data_dir), *srv.store_args),
-            capture_output=True,
-            text=True,
+            server_cmd("fsck", *srv.admin_args()), capture_output=True, text=True
         )
         assert check.returncode == 0, check.stdout + check.stderr
 
@@ -156,11 +159,33 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+@pytest.fixture(autouse=True)
+def meta_engine(request: pytest.FixtureRequest) -> str:
+    """The metadata engine of this test's app: "sqlite" unless the module asks for both."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def app_config(request: pytest.FixtureRequest, meta_engine: str) -> Callable[..., ServerConfig]:
+    """Builds the ServerConfig of an app on this test's engine (PostgreSQL: a new database on
+    the session's cluster each call)."""
+
+    def make(data_dir: Path, **options: Any) -> ServerConfig:
+        if meta_engine == "postgres":
+            cluster: PgCluster = request.getfixturevalue("pg_cluster")
+            options["meta_url"] = cluster.new_database()
+        return ServerConfig(data_dir=data_dir, synchronous="NORMAL", **options)
+
+    return make
+
+
 @pytest_asyncio.fixture
 async def client(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], data_dir: Path
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    data_dir: Path,
+    app_config: Callable[..., ServerConfig],
 ) -> TestClient:
-    app = create_app(ServerConfig(data_dir=data_dir, synchronous="NORMAL"))
+    app = create_app(app_config(data_dir))
     return await aiohttp_client(app)
 
 

@@ -15,7 +15,7 @@ import pytest_asyncio
 from cloudfs_server.engines.blockstore import BlockStore
 from cloudfs_server.engines.chain import BlockChain, FormatGuard, parse_blocks_url
 from cloudfs_server.engines.dir import DirBlockStore
-from cloudfs_server.engines.gclock import GcLock
+from cloudfs_server.engines.gclock import FileGcLock
 from cloudfs_server.errors import (
     BadBlockIdError,
     HashMismatchError,
@@ -109,7 +109,7 @@ async def test_clean_temp_only_removes_old_files(store: DirBlockStore, tmp_path:
 
 
 async def test_gc_lock_exclusive_waits_for_shared_holders(tmp_path: Path) -> None:
-    lock = GcLock(tmp_path / "gc.lock")
+    lock = FileGcLock(tmp_path / "gc.lock")
     async with lock.shared(), lock.shared():  # shared holders coexist
         exclusive_entered = asyncio.Event()
 

@@ -13,9 +13,9 @@ from aiohttp.test_utils import TestClient
 from cloudfs_server.http import openapi
 from cloudfs_server.http.app import META, ServerConfig, create_app
 
-from tests.server.conftest import AppUser
+from tests.server.conftest import BOTH_ENGINES, AppUser
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, BOTH_ENGINES]
 
 
 async def test_long_poll_answers_promptly_on_a_change(ann: AppUser) -> None:
@@ -149,9 +149,11 @@ async def test_openapi_documents_every_route_and_only_those(
 
 
 async def test_busy_server_answers_idle_polls_at_once_with_a_back_off(
-    aiohttp_client: Callable[..., Awaitable[TestClient]], tmp_path: Path
+    aiohttp_client: Callable[..., Awaitable[TestClient]],
+    tmp_path: Path,
+    app_config: Callable[..., ServerConfig],
 ) -> None:
-    app = create_app(ServerConfig(data_dir=tmp_path, synchronous="NORMAL", max_long_polls=1))
+    app = create_app(app_config(tmp_path, max_long_polls=1))
     client = await aiohttp_client(app)
     info, token = await app[META].create_user("u", None)
     user = AppUser(client, token, info.root)

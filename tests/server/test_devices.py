@@ -1,9 +1,10 @@
-"""The device registry over HTTP (`/v1/devices…`) against a real `cloudfs-server` process."""
+"""The device registry over HTTP (`/v1/devices…`) against a real `cloudfs-server` process, on
+the embedded engine and on PostgreSQL (where the registry re-reads the shared device list)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -12,6 +13,24 @@ from cloudfs_server.devices.registry import DeviceRegistry
 from cloudfs_server.devices.store import SqliteDeviceStore
 
 from tests.support import ServerProcess, User
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """This module's server, on the embedded engine unless a test asks for both (`BOTH`);
+    PostgreSQL gets a new database on the session's cluster."""
+    meta = None
+    if getattr(request, "param", "sqlite") == "postgres":
+        meta = request.getfixturevalue("pg_cluster").new_database("dev")
+    srv = ServerProcess(tmp_path / "data", meta_url=meta).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+# The tests whose behaviour depends on the device store (ids, sessions, leases, restarts).
+BOTH = pytest.mark.parametrize("server", ["sqlite", "postgres"], indirect=True)
 
 
 def bid(n: int | str) -> str:
@@ -252,6 +271,7 @@ def test_bad_input_is_a_clear_400_or_404(server: ServerProcess, alice: User) -> 
     assert [(d["device_id"], d["blocks"]) for d in devices_of(server, alice)] == [(1, 0)]
 
 
+@BOTH
 def test_a_device_that_stops_heartbeating_expires_and_its_id_is_reused(
     server: ServerProcess, alice: User
 ) -> None:
@@ -270,6 +290,7 @@ def test_a_device_that_stops_heartbeating_expires_and_its_id_is_reused(
     assert Dev(server, alice, "new", []).device_id == quiet.device_id  # the freed id, reused
 
 
+@BOTH
 def test_restart_keeps_live_ids_until_their_lease_runs_out(
     server: ServerProcess, alice: User
 ) -> None:
@@ -299,6 +320,7 @@ def test_restart_keeps_live_ids_until_their_lease_runs_out(
     assert status == 404
 
 
+@BOTH
 def test_state_survives_kill_9_of_the_server(server: ServerProcess, alice: User) -> None:
     a = Dev(server, alice, "a", [])
     Dev(server, alice, "b", [])

@@ -1,4 +1,4 @@
-"""Hypothesis state machine: the SQLite metadata store against an in-memory oracle.
+"""Hypothesis state machine: each metadata engine (SQLite, PostgreSQL) against an in-memory oracle.
 
 Random mkdir/create/commit/move/delete/trash-restore/version-restore with tiny blocks (create,
 commit, move and delete each either through its own method or as a one-op batch); after every
@@ -17,12 +17,15 @@ from typing import Any
 
 from cloudfs_server import errors
 from cloudfs_server.engines import sqlite as meta_sqlite
+from cloudfs_server.engines.meta import MetadataStore
+from cloudfs_server.engines.postgres import PostgresMetadataStore
 from cloudfs_server.engines.sqlite import SqliteMetadataStore
 from cloudfs_server.model import BatchOp, CommitOp, CreateOp, DeleteOp, MoveOp
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
+from tests.pg import PgCluster
 from tests.server.helpers import bid
 
 NAMES = st.sampled_from(["a", "b", "c"])
@@ -60,7 +63,7 @@ class MetaMachine(RuleBasedStateMachine):
         # Tiny purge batches, so purging exercises the batch loops.
         self.saved_batch, meta_sqlite.PURGE_BATCH = meta_sqlite.PURGE_BATCH, 3
         self.loop = asyncio.new_event_loop()
-        self.store = SqliteMetadataStore(Path(self.tmp.name) / "m.sqlite3", synchronous="OFF")
+        self.store = self.make_store()
         self.run(self.store.open())
         user, _ = self.run(self.store.create_user("u", None))
         self.uid, self.root = user.user_id, user.root
@@ -69,6 +72,9 @@ class MetaMachine(RuleBasedStateMachine):
         for content in [b"x", b"xy", b"z", b"hello", b"lo", b"he", b"ll", b"yz"]:
             for block_id, size in split(content):
                 self.run(self.store.record_upload(self.uid, block_id, size))
+
+    def make_store(self) -> MetadataStore:
+        return SqliteMetadataStore(Path(self.tmp.name) / "m.sqlite3", synchronous="OFF")
 
     def teardown(self) -> None:
         meta_sqlite.PURGE_BATCH = self.saved_batch
@@ -414,3 +420,22 @@ MetaMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_metadata_store_matches_oracle = MetaMachine.TestCase
+
+
+def test_postgres_store_matches_oracle(pg_cluster: PgCluster) -> None:
+    """The same machine on PostgreSQL (a new database per example; fewer examples, as each
+    step costs round trips)."""
+
+    class PgMetaMachine(MetaMachine):
+        def make_store(self) -> MetadataStore:
+            return PostgresMetadataStore(pg_cluster.new_database("model"), threads=2)
+
+    run_state_machine_as_test(
+        PgMetaMachine,
+        settings=settings(
+            max_examples=8,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from cloudfs_server.engines.sqlite import SqliteMetadataStore
 from cloudfs_server.http.state import META
 
-from tests.server.conftest import AppUser
+from tests.server.conftest import BOTH_ENGINES, AppUser
 from tests.server.helpers import bid
 
 pytestmark = pytest.mark.asyncio
@@ -121,6 +121,7 @@ async def last_change(user: AppUser) -> dict[str, Any]:
     return dict(body["changes"][0])
 
 
+@BOTH_ENGINES
 async def test_atime_is_stored_set_by_patch_and_create_and_kept_by_commits(ann: AppUser) -> None:
     status, f = await ann.call(
         "POST",
@@ -144,6 +145,7 @@ async def test_atime_is_stored_set_by_patch_and_create_and_kept_by_commits(ann: 
     assert "subdirs" not in committed
 
 
+@BOTH_ENGINES
 async def test_subdirs_follow_create_delete_move_and_replace(
     ann: AppUser, client: TestClient
 ) -> None:
@@ -178,6 +180,7 @@ async def test_subdirs_follow_create_delete_move_and_replace(
     assert report.errors == []
 
 
+@BOTH_ENGINES
 async def test_directory_times_are_the_time_of_each_entry_change(ann: AppUser) -> None:
     a = await ann.mkdir(ann.root, "a")
     b = await ann.mkdir(ann.root, "b")

@@ -1,5 +1,5 @@
 """`cloudfs-server` command line: serve (cli/serve.py), users (cli/users.py), fsck, gc, purge,
-usage, compact-log, scrub (cli/maintenance.py).
+usage, compact-log, scrub (cli/maintenance.py), migrate (cli/migrate.py).
 
 The CLI is a translation boundary: every error becomes one line on stderr; exit status 0 ok,
 1 failed, 2 malformed request, 141 stdout closed early (cli/common.py).
@@ -15,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from cloudfs_server.cli import maintenance, serve, users
+from cloudfs_server.cli import maintenance, migrate, serve, users
 from cloudfs_server.cli.common import (
     EXIT_CLOSED_PIPE,
     EXIT_FAILED,
@@ -24,7 +24,7 @@ from cloudfs_server.cli.common import (
     OneLineParser,
     StoreCommand,
     VersionAction,
-    add_block_args,
+    add_store_args,
     require_data,
     with_stores,
 )
@@ -47,17 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument(
-            "--data",
-            required=data_default is None,
-            default=data_default,
-            metavar="DIR",
-            help=f"data directory (default: ${DATA_ENV})",
-        )
-        add_block_args(p)
+        add_store_args(p, data_default, DATA_ENV)
         return p
 
     serve.add_parser(cmd)
+    migrate.add_parser(cmd)
     users.add_parsers(cmd)
     maintenance.add_parsers(cmd)
     return parser
@@ -74,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--data {args.data} is not a directory")
     if args.command == "serve":
         return serve.run(args)
+    if args.command == "migrate":
+        return migrate.run(args)
     if args.command != "add-user":
         require_data(args)
     Path(args.data).mkdir(parents=True, exist_ok=True)

@@ -99,10 +99,43 @@ def blocks_url_arg(text: str) -> str:
     return text
 
 
+def add_store_args(p: argparse.ArgumentParser, data_default: str | None, data_env: str) -> None:
+    """The options every command takes to find its stores: --data, --meta and the block store
+    options (add_block_args)."""
+    p.add_argument(
+        "--data",
+        required=data_default is None,
+        default=data_default,
+        metavar="DIR",
+        help=f"data directory (default: ${data_env})",
+    )
+    p.add_argument(
+        "--meta",
+        metavar="URL",
+        type=meta_url_arg,
+        default=None,
+        help="metadata in PostgreSQL (postgresql://…) instead of DIR's embedded database",
+    )
+    add_block_args(p)
+
+
+def meta_url_arg(text: str) -> str:
+    if not text.startswith(("postgresql://", "postgres://")):
+        raise argparse.ArgumentTypeError("--meta must be a postgresql:// URL")
+    import psycopg  # only commands given --meta load the driver
+
+    try:
+        psycopg.conninfo.conninfo_to_dict(text)
+    except psycopg.ProgrammingError as exc:
+        raise argparse.ArgumentTypeError(f"--meta is not a valid URL: {exc}") from None
+    return text
+
+
 def store_config(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         data_dir=Path(args.data),
         retention_days=getattr(args, "retention_days", 30.0),
+        meta_url=getattr(args, "meta", None),
         blocks=tuple(getattr(args, "blocks", ())),
         compress=getattr(args, "compress", False),
         encryption_key_file=getattr(args, "encryption_key_file", None),
@@ -110,6 +143,8 @@ def store_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def require_data(args: argparse.Namespace) -> None:
+    if getattr(args, "meta", None) is not None:
+        return  # the database holds the metadata; a missing schema is created on open
     if not (Path(args.data) / "meta.sqlite3").exists():
         raise CliError(f"no cloudfs data in {args.data} (create it with `serve` or `add-user`)")
 
@@ -130,6 +165,7 @@ async def with_stores(
         finally:
             await blocks.close()
     finally:
+        lock.close()
         await meta.close()
 
 

@@ -22,7 +22,8 @@ log = logging.getLogger("cloudfs_server")
 
 
 def lock_serving(data: Path) -> int:
-    """One server per data directory: long-poll wake-ups are in-process (released at exit)."""
+    """One server per data directory on the embedded engine: its long-poll wake-ups are
+    in-process (released at exit)."""
     fd = os.open(data / "serve.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -190,6 +191,10 @@ def run(args: argparse.Namespace) -> int:
     ssl_context = tls_context(args)
     token = metrics_token(args)
     Path(args.data).mkdir(parents=True, exist_ok=True)
+    if args.meta is not None:
+        # Shared metadata: any number of servers on one database is the point (wake-ups cross
+        # servers through LISTEN/NOTIFY, the gc lock is an advisory lock), so no serve.lock.
+        return asyncio.run(serve(args))
     serve_lock = lock_serving(Path(args.data))
     try:
         return asyncio.run(serve(args, ssl_context, token))

@@ -12,19 +12,25 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from cloudfs_server.config import open_device_store
 from cloudfs_server.devices.registry import (
     DEFAULT_LEASE_S,
     MAX_LEASE_S,
     MIN_LEASE_S,
     DeviceRegistry,
 )
-from cloudfs_server.devices.store import DeviceStore, SqliteDeviceStore
-from cloudfs_server.errors import BadRequestError, NotFoundError, ServerError, ServerFullError
+from cloudfs_server.devices.store import DeviceStore
+from cloudfs_server.errors import (
+    BadRequestError,
+    NotFoundError,
+    ServerError,
+    ServerFullError,
+    StoreUnavailableError,
+)
 from cloudfs_server.http.routes import json_body, reject_unknown, require
 from cloudfs_server.http.state import CONFIG, current_user
 from cloudfs_server.model import (
@@ -108,7 +114,9 @@ async def join_device(request: web.Request) -> web.Response:
 
 
 async def list_devices(request: web.Request) -> web.Response:
-    devices = _registry(request).list_devices(current_user(request).user_id)
+    registry, user_id = _registry(request), current_user(request).user_id
+    await registry.sync(user_id)  # shared stores: devices joined through other servers
+    devices = registry.list_devices(user_id)
     return web.json_response({"devices": devices})
 
 
@@ -154,9 +162,13 @@ async def request_block(request: web.Request) -> web.Response:
     reject_unknown(body, {"session", "block_id"})
     session = _session(body)
     block_id = validate_block_id(require(body, "block_id"))
-    holders = _registry(request).request(
-        current_user(request).user_id, _device_id(request), session, block_id
+    registry, user_id, device_id = (
+        _registry(request),
+        current_user(request).user_id,
+        _device_id(request),
     )
+    await registry.sync(user_id, (device_id, session))
+    holders = registry.request(user_id, device_id, session, block_id)
     return web.json_response({"holders": holders})
 
 
@@ -164,13 +176,17 @@ async def holders_of_blocks(request: web.Request) -> web.Response:
     body = await json_body(request)
     reject_unknown(body, {"block_ids"})
     block_ids = _block_ids(body, "block_ids")
-    holders = _registry(request).holders(current_user(request).user_id, block_ids)
+    registry, user_id = _registry(request), current_user(request).user_id
+    await registry.sync(user_id)
+    holders = registry.holders(user_id, block_ids)
     return web.json_response({"holders": holders})
 
 
 async def holders_of_block(request: web.Request) -> web.Response:
     block_id = validate_block_id(request.match_info["block_id"])
-    holders = _registry(request).holders(current_user(request).user_id, [block_id])
+    registry, user_id = _registry(request), current_user(request).user_id
+    await registry.sync(user_id)
+    holders = registry.holders(user_id, [block_id])
     return web.json_response({"block_id": block_id, "holders": holders[block_id]})
 
 
@@ -200,6 +216,8 @@ async def lease_task(registry: DeviceRegistry) -> None:
             await registry.expire()
         except ServerFullError:  # no traceback per sweep; the request log says it (rate-limited)
             log.info("expiring devices postponed: the server is out of space")
+        except StoreUnavailableError as exc:  # the database is away: try on the next sweep
+            log.warning("expiring devices postponed: %s", exc.message)
         except ServerError:  # the store failed: keep serving, try again on the next sweep
             log.exception("expiring devices failed")
 
@@ -210,7 +228,7 @@ def _registry_ctx(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         device_store = store
         if device_store is None:
-            device_store = SqliteDeviceStore(Path(app[CONFIG].data_dir) / "devices.sqlite3")
+            device_store = open_device_store(app[CONFIG])
         await device_store.open()
         registry = DeviceRegistry(device_store, default_lease_s)
         restored = await registry.restore()
@@ -236,7 +254,7 @@ def setup(
 ) -> None:
     """Register the device routes and the registry's lifecycle (store, restore, lease task).
 
-    `store` defaults to SQLite in `<data dir>/devices.sqlite3`.
+    `store` defaults to the config's engine (`config.open_device_store`).
     """
     for method, path, handler, name in ROUTES:
         if method == "GET":

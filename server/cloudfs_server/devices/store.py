@@ -1,7 +1,10 @@
-"""The persistent device list: one `DeviceStore` interface, an embedded SQLite engine.
+"""The persistent device list: one `DeviceStore` interface, an embedded SQLite engine (the
+PostgreSQL one is devices/store_postgres.py).
 
 Only the list of joined devices is persistent (id, name, session, times, lease); which blocks a
-device holds lives in server memory and is re-sent by the device after a restart.
+device holds lives in server memory and is re-sent by the device after a restart. A `shared`
+store is changed by several servers at once: the registry then re-reads an account's devices
+before using them (devices/registry.py).
 """
 
 from __future__ import annotations
@@ -47,6 +50,24 @@ class DeviceStore(abc.ABC):
     Contract for every engine: every method is a coroutine that never blocks the event loop, and
     every write is one transaction. `(user_id, device_id)` is unique.
     """
+
+    # True when other servers change the same rows (PostgreSQL): the registry then treats the
+    # store, not its memory, as the truth for the device list, sessions and leases.
+    shared = False
+
+    async def load_user(self, user_id: int) -> list[DeviceRecord]:
+        """One account's persisted devices, by device_id (shared stores)."""
+        return [r for r in await self.load() if r.user_id == user_id]
+
+    async def claim(self, record: DeviceRecord) -> bool:
+        """Insert the row unless `(user_id, device_id)` is taken; whether it was (shared stores:
+        two servers may hand out the same free id at once, and only one may keep it)."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
+
+    async def expire(self, user_id: int, device_id: int, session: str, seen_before_ns: int) -> bool:
+        """Delete the row if it has `session` and was last seen before the time (shared stores:
+        a heartbeat through another server keeps it); whether it was deleted."""
+        raise NotImplementedError(f"{type(self).__name__} is not a shared store")
 
     @abc.abstractmethod
     async def open(self) -> None:

@@ -1,13 +1,16 @@
 """The gc lock: uploads hold it shared while publishing, gc exclusive while deleting.
 
-A `fcntl.flock` on `DATA/gc.lock`, so it also excludes a `cloudfs-server gc` run from another
-process. An uncontended lock is taken with LOCK_NB on the loop (two fast syscalls on a local file);
-a contended one is waited for in this lock's own threads, so waiting uploads can never use up the
-default executor that file I/O needs: the event loop never blocks on it.
+`GcLock` is the interface; `FileGcLock` (the embedded engine's) is a `fcntl.flock` on
+`DATA/gc.lock`, so it also excludes a `cloudfs-server gc` run from another process; with
+PostgreSQL metadata it is an advisory lock (`engines/postgres.PgGcLock`). An uncontended flock is
+taken with LOCK_NB on the loop (two fast syscalls on a local file); a contended one is waited for
+in this lock's own threads, so waiting uploads can never use up the default executor that file
+I/O needs: the event loop never blocks on it.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import fcntl
 import os
@@ -22,7 +25,20 @@ def _release_late(fut: asyncio.Future[int]) -> None:
         os.close(fut.result())
 
 
-class GcLock:
+class GcLock(abc.ABC):
+    """Many shared holders or one exclusive holder, across every process using the stores."""
+
+    @abc.abstractmethod
+    def shared(self) -> AbstractAsyncContextManager[None]: ...
+
+    @abc.abstractmethod
+    def exclusive(self) -> AbstractAsyncContextManager[None]: ...
+
+    def close(self) -> None:  # noqa: B027 - most engines hold nothing to release
+        """Release what the lock keeps between uses (connections). No call may follow."""
+
+
+class FileGcLock(GcLock):
     def __init__(self, path: Path, max_waiters: int = 64) -> None:
         self.path = Path(path)
         self._waiters = ThreadPoolExecutor(max_workers=max_waiters, thread_name_prefix="gclock")

@@ -1,8 +1,8 @@
 """The metadata interface the routes, CLI, fsck and gc call; engines implement it.
 
 Contract for every engine:
-- Every method is a coroutine and never blocks the event loop (the SQLite engine runs each call
-  in a worker thread; a PostgreSQL engine would use an async driver).
+- Every method is a coroutine and never blocks the event loop (both engines run each call in a
+  worker thread: SQLite's, and PostgreSQL's on a psycopg connection per thread).
 - Every write is one transaction: it happens completely or not at all.
 - A node id of another user, or a trashed node outside the trash routes, raises `NotFoundError`
   exactly like a missing one.
@@ -13,6 +13,7 @@ Contract for every engine:
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable, Callable
 
 from cloudfs_server.model import (
     BatchOp,
@@ -37,6 +38,13 @@ class MetadataStore(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close every connection. No call may follow."""
+
+    async def watch_changes(self, wake: Callable[[int], Awaitable[None]]) -> None:  # noqa: B027
+        """Call `wake(user_id)` for changes committed by *other* processes, until cancelled.
+
+        The embedded engine has one serving process, which wakes its own long-polls: nothing to
+        watch, returns at once. A shared engine (PostgreSQL) runs for as long as the server does.
+        """
 
     # ---- users ---------------------------------------------------------------------------
     @abc.abstractmethod

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from cloudfs_server.config import DAY_NS, MiB, ServerConfig, open_stores
 from cloudfs_server.devices import routes as device_routes
+from cloudfs_server.errors import StoreUnavailableError
 from cloudfs_server.http import batch, routes
 from cloudfs_server.http.metrics import (
     Metrics,
@@ -48,12 +49,19 @@ async def _stores_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         await blocks.open()  # may refuse (unreachable store, wrong key): close meta then
     except BaseException:
+        gc_lock.close()
         await meta.close()
         raise
     app[META], app[BLOCKS], app[GC_LOCK] = meta, blocks, gc_lock
+    # Changes committed through other servers on a shared database wake this one's long-polls.
+    watcher = asyncio.create_task(meta.watch_changes(app[NOTIFIER].notify), name="ChangeWatchTask")
     try:
         yield
     finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        gc_lock.close()
         await blocks.close()
         await meta.close()
 
@@ -69,6 +77,9 @@ async def _purge_ctx(app: web.Application) -> AsyncIterator[None]:
             delay = config.purge_interval_s
             try:
                 versions, trashed = await app[META].purge(int(config.retention_days * DAY_NS))
+            except StoreUnavailableError as exc:  # the database is away: it is not our fault
+                log.warning("purge postponed by %g s: %s", delay, exc.message)
+                continue
             except Exception:  # a background task's boundary: log, keep serving, retry later
                 log.exception("purge failed; retrying in %g s", delay)
                 continue
