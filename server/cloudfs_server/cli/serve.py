@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     if args.meta is not None:
         # Shared metadata: any number of servers on one database is the point (wake-ups cross
         # servers through LISTEN/NOTIFY, the gc lock is an advisory lock), so no serve.lock.
-        return asyncio.run(serve(args))
+        return asyncio.run(serve(args, ssl_context, token))
     serve_lock = lock_serving(Path(args.data))
     try:
         return asyncio.run(serve(args, ssl_context, token))
