@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
-from cloudfs_server.http import openapi
+from cloudfs_server.http import contract
 from cloudfs_server.http.app import META, ServerConfig, create_app
 
 from tests.server.conftest import AppUser
@@ -145,7 +145,7 @@ async def test_openapi_documents_every_route_and_only_those(
                 assert any(p["name"] == name and p["in"] == "path" for p in op["parameters"])
             if method in ("post", "put", "patch") and "requestBody" not in op:
                 assert path.endswith("/restore") and "versions" in path, (method, path)
-    assert doc == openapi.document()
+    assert doc == contract.document(client.app[contract.ROUTE_TABLE])
 
 
 async def test_busy_server_answers_idle_polls_at_once_with_a_back_off(

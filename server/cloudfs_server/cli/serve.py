@@ -34,6 +34,7 @@ async def serve(args: argparse.Namespace) -> int:
     from aiohttp import web  # only `serve` needs the web stack (keeps other commands quick)
 
     from cloudfs_server.http.app import create_app
+    from cloudfs_server.http.middleware import ApiRunner
 
     config = dataclasses.replace(
         store_config(args),
@@ -43,7 +44,7 @@ async def serve(args: argparse.Namespace) -> int:
     )
     app = create_app(config)
     access_log = None if args.no_access_log else logging.getLogger("aiohttp.access")
-    runner = web.AppRunner(app, access_log=access_log)
+    runner = ApiRunner(app, access_log=access_log)
     await runner.setup()
     try:
         site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=30.0)

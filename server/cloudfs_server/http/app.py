@@ -16,7 +16,7 @@ from aiohttp import web
 
 from cloudfs_server.config import DAY_NS, MiB, ServerConfig, open_stores
 from cloudfs_server.devices import routes as device_routes
-from cloudfs_server.http import batch, routes
+from cloudfs_server.http import batch, contract, routes
 from cloudfs_server.http.middleware import auth_middleware, error_middleware
 from cloudfs_server.http.notify import ChangeNotifier
 from cloudfs_server.http.state import BLOCKS, CONFIG, GC_LOCK, META, NOTIFIER
@@ -86,4 +86,5 @@ def create_app(config: ServerConfig) -> web.Application:
     routes.setup(app)
     batch.setup(app)  # POST /v1/batch, POST /v1/blocks/pack (issue 8: local-first sync)
     device_routes.setup(app)  # /v1/devices… (issue 5): routes, registry, lease task
+    app.on_startup.append(contract.publish_document)
     return app
