@@ -1,4 +1,5 @@
-"""Value types shared by routes and stores, and validation of names, block ids and block lists.
+"""Value types shared by routes and stores, and the semantic checks of names, block ids and
+device names (request shapes are the wire models' job: http/models.py).
 
 Pure: no I/O. Every validator raises a `BadRequestError` subclass whose message names the rule.
 """
@@ -20,6 +21,7 @@ from cloudfs_server.errors import (
 NAME_MAX_BYTES = 255
 DEVICE_MAX_BYTES = 255
 MODE_MASK = 0o7777
+BLOCK_ID_PATTERN = "^[0-9a-f]{64}$"
 BLOCK_ID_RE = re.compile(r"[0-9a-f]{64}")
 KINDS = ("dir", "file", "symlink")
 DEFAULT_MODE = {"dir": 0o755, "file": 0o644, "symlink": 0o777}
@@ -56,34 +58,6 @@ def validate_block_id(block_id: object) -> str:
     if not isinstance(block_id, str) or not BLOCK_ID_RE.fullmatch(block_id):
         raise BadBlockIdError(f"block id {str(block_id)[:80]!r} is not 64 lowercase hex characters")
     return block_id
-
-
-def validate_int(value: object, field_name: str, minimum: int = 0) -> int:
-    # bool is an int subclass in Python; JSON true must not pass as 1.
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequestError(f"'{field_name}' must be an integer")
-    if value < minimum or value > INT64_MAX:
-        raise BadRequestError(f"'{field_name}' must be between {minimum} and {INT64_MAX}")
-    return value
-
-
-def validate_block_list(blocks: object, size: object) -> tuple[BlockList, int]:
-    """Check a `[[block_id, length], ...]` list against `size`; return it as tuples."""
-    size_i = validate_int(size, "size")
-    if not isinstance(blocks, list):
-        raise BadRequestError("'blocks' must be a list of [block_id, length] pairs")
-    out: BlockList = []
-    total = 0
-    for index, item in enumerate(blocks):
-        if not isinstance(item, list) or len(item) != 2:
-            raise BadRequestError(f"'blocks[{index}]' must be a [block_id, length] pair")
-        block_id = validate_block_id(item[0])
-        length = validate_int(item[1], f"blocks[{index}] length", minimum=1)
-        out.append((block_id, length))
-        total += length
-    if total != size_i:
-        raise BadRequestError(f"block lengths add up to {total}, but 'size' is {size_i}")
-    return out, size_i
 
 
 def validate_device(device: str | None) -> str:
@@ -328,21 +302,11 @@ BatchOp = CreateOp | CommitOp | SetattrOp | MoveOp | DeleteOp
 @dataclass(frozen=True)
 class BatchResult:
     """The outcome of one batch op: `error` set (nothing of the op applied), or the op's value:
-    `node` for create/commit/setattr/move, `replaced` for move, `trashed` for delete."""
+    `node` for create/commit/setattr/move, `replaced` for move, `trashed` for delete. Its wire
+    form is http/batch.py's `outcome()` (models.BatchOutcome)."""
 
     op: str
     node: Node | None = None
     replaced: int | None = None
     trashed: bool | None = None
     error: ServerError | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        if self.error is not None:
-            return {"ok": False, "status": self.error.status, **self.error.body()}
-        if self.op == "delete":
-            return {"ok": True, "trashed": self.trashed}
-        assert self.node is not None
-        out: dict[str, Any] = {"ok": True, "node": self.node.to_json()}
-        if self.op == "move":
-            out["replaced"] = self.replaced
-        return out

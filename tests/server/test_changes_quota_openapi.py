@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
-from cloudfs_server.http import openapi
+from cloudfs_server.http import contract
 from cloudfs_server.http.app import META, ServerConfig, create_app
 
 from tests.server.conftest import BOTH_ENGINES, AppUser
@@ -145,7 +145,42 @@ async def test_openapi_documents_every_route_and_only_those(
                 assert any(p["name"] == name and p["in"] == "path" for p in op["parameters"])
             if method in ("post", "put", "patch") and "requestBody" not in op:
                 assert path.endswith("/restore") and "versions" in path, (method, path)
-    assert doc == openapi.document()
+    assert doc == contract.document(client.app[contract.ROUTE_TABLE])
+
+
+async def test_openapi_lists_store_errors_on_every_token_route_and_metrics_with_its_own_token(
+    ann: AppUser,
+) -> None:
+    # Every route behind the user's token reads the stores: PostgreSQL/S3 away → 503 with
+    # Retry-After, a full disk → 507 server_full, next to the route's own 507 codes.
+    status, doc = await ann.call("GET", "/v1/openapi.json")
+    assert status == 200
+    token_routes = 0
+    for path, ops in doc["paths"].items():
+        for method, op in ops.items():
+            responses, where = op["responses"], (method, path)
+            if op["security"] != [{"bearer": []}]:
+                assert "503" not in responses and "507" not in responses, where
+                continue
+            token_routes += 1
+            for code in ("401", "503", "507"):
+                error = responses[code]["content"]["application/json"]["schema"]
+                assert error == {"$ref": "#/components/schemas/Error"}, where
+            assert "store_unavailable" in responses["503"]["description"], where
+            assert responses["503"]["headers"]["Retry-After"]["required"] is True, where
+            assert "server_full" in responses["507"]["description"], where
+    operations = sum(len(ops) for ops in doc["paths"].values())
+    assert token_routes == operations - 2  # all but GET /healthz and GET /metrics
+    commit = doc["paths"]["/v1/nodes/{node_id}/content"]["put"]["responses"]["507"]
+    assert commit["description"] == "error: quota_exceeded, server_full"
+    metrics = doc["paths"]["/metrics"]["get"]
+    assert metrics["security"] == [{"metricsToken": []}]
+    assert doc["components"]["securitySchemes"]["metricsToken"] == {
+        "type": "http",
+        "scheme": "bearer",
+    }
+    assert set(metrics["responses"]) == {"200", "401", "404"}
+    assert metrics["responses"]["200"]["content"] == {"text/plain": {"schema": {"type": "string"}}}
 
 
 async def test_busy_server_answers_idle_polls_at_once_with_a_back_off(

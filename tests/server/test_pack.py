@@ -181,3 +181,11 @@ async def test_pack_on_a_layered_s3_store_stores_like_put(
     assert sorted(await client.app[BLOCKS].list_ids()) == sorted(bid(b) for b in blobs)
     report = await client.app[META].check(False, set())
     assert report.errors == []
+
+
+async def test_other_methods_of_the_pack_path_are_405_not_a_block_id(ann: AppUser) -> None:
+    # /v1/blocks/{block_id} used to take "pack" (and "missing") as a block id: 400 bad_block_id.
+    for method in ("PUT", "GET"):
+        for path in ("/v1/blocks/pack", "/v1/blocks/missing"):
+            status, body = await ann.call(method, path, data=b"x")
+            assert status == 405 and body["error"] == "method_not_allowed", (method, path, body)

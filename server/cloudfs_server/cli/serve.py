@@ -89,6 +89,7 @@ async def serve(
     from aiohttp import web  # only `serve` needs the web stack (keeps other commands quick)
 
     from cloudfs_server.http.app import create_app, create_metrics_app
+    from cloudfs_server.http.middleware import ApiRunner
 
     config = dataclasses.replace(
         store_config(args),
@@ -100,8 +101,8 @@ async def serve(
     )
     app = create_app(config)
     access_log = None if args.no_access_log else logging.getLogger("aiohttp.access")
-    runner = web.AppRunner(app, access_log=access_log)
-    runners = [runner]
+    runner = ApiRunner(app, access_log=access_log)
+    runners: list[web.AppRunner] = [runner]
     await runner.setup()
     try:
         site = web.TCPSite(

@@ -117,7 +117,9 @@ class DeviceRegistry:
     def _device(self, user_id: int, device_id: int, session: str) -> Device:
         account = self._accounts.get(user_id)
         device = account.devices.get(device_id) if account else None
-        if device is None or not secrets.compare_digest(device.record.session, session):
+        # compare_digest refuses non-ASCII str (TypeError): compare the UTF-8 bytes.
+        given = session.encode("utf-8", "surrogatepass")
+        if device is None or not secrets.compare_digest(device.record.session.encode(), given):
             raise NotFoundError(
                 f"device {device_id} is not joined with this session (it left, or its lease "
                 "expired); join again",

@@ -12,40 +12,29 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from aiohttp import web
+from msgspec import UNSET
 
 from cloudfs_server.config import open_device_store
-from cloudfs_server.devices.registry import (
-    DEFAULT_LEASE_S,
-    MAX_LEASE_S,
-    MIN_LEASE_S,
-    DeviceRegistry,
-)
+from cloudfs_server.devices import models as dm
+from cloudfs_server.devices.registry import DEFAULT_LEASE_S, DeviceRegistry
 from cloudfs_server.devices.store import DeviceStore
 from cloudfs_server.errors import (
-    BadRequestError,
     NotFoundError,
     ServerError,
     ServerFullError,
     StoreUnavailableError,
 )
-from cloudfs_server.http.routes import json_body, reject_unknown, require
+from cloudfs_server.http import contract
+from cloudfs_server.http.contract import Link, Param, Route, answer
+from cloudfs_server.http.routes import BLOCK_ID
 from cloudfs_server.http.state import CONFIG, current_user
-from cloudfs_server.model import (
-    DEVICE_MAX_BYTES,
-    INT64_MAX,
-    validate_block_id,
-    validate_device,
-    validate_int,
-)
+from cloudfs_server.model import INT64_MAX, validate_block_id, validate_device
 
 log = logging.getLogger(__name__)
 
 REGISTRY = web.AppKey("devices_registry", DeviceRegistry)
-# Block ids per call (join, blocks, holders): larger sets are sent in several calls.
-BATCH_MAX = 10_000
 # The lease task wakes at least this often, so a new short lease is never checked late.
 SWEEP_MAX_S = 0.5
 
@@ -58,128 +47,67 @@ def _device_id(request: web.Request) -> int:
     return value
 
 
-def _block_ids(body: dict[str, Any], key: str, required: bool = True) -> list[str]:
-    value = require(body, key) if required else body.get(key, [])
-    if not isinstance(value, list):
-        raise BadRequestError(f"'{key}' must be a list of block ids")
-    if len(value) > BATCH_MAX:
-        raise BadRequestError(
-            f"'{key}' has {len(value)} block ids; at most {BATCH_MAX} per call (send the rest "
-            "with POST /v1/devices/{device_id}/blocks)"
-        )
-    return [validate_block_id(block_id) for block_id in value]
-
-
-def _session(body: dict[str, Any]) -> str:
-    session = require(body, "session")
-    if not isinstance(session, str):
-        raise BadRequestError("'session' must be a string")
-    return session
-
-
 def _registry(request: web.Request) -> DeviceRegistry:
     return request.app[REGISTRY]
 
 
 # ---- handlers ----------------------------------------------------------------------------
-async def join_device(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    reject_unknown(body, {"device_name", "blocks", "lease_s"})
-    if "device_name" in body:
-        name = body["device_name"]
-        if not isinstance(name, str) or not name:
-            raise BadRequestError("'device_name' must be a non-empty string")
-        if len(name.encode("utf-8", "surrogateescape")) > DEVICE_MAX_BYTES:
-            raise BadRequestError(f"'device_name' is longer than {DEVICE_MAX_BYTES} bytes")
-        device_name = name
-    else:
+async def join_device(request: web.Request, body: dm.JoinRequest) -> web.Response:
+    if body.device_name is UNSET:
         device_name = validate_device(request.headers.get("X-Cloudfs-Device"))
-    blocks = _block_ids(body, "blocks", required=False)
-    lease_s = None
-    if body.get("lease_s") is not None:
-        lease_s = validate_int(body["lease_s"], "lease_s", MIN_LEASE_S)
-        if lease_s > MAX_LEASE_S:
-            raise BadRequestError(f"'lease_s' must be between {MIN_LEASE_S} and {MAX_LEASE_S}")
+    else:
+        device_name = body.device_name
     registry = _registry(request)
-    record = await registry.join(current_user(request).user_id, device_name, blocks, lease_s)
-    return web.json_response(
-        {
-            "device_id": record.device_id,
-            "lease_s": record.lease_s,
-            "session": record.session,
-            "blocks": registry.blocks_held(record.user_id, record.device_id),
-        },
-        status=201,
+    record = await registry.join(
+        current_user(request).user_id, device_name, body.blocks, body.lease_s
     )
+    held = registry.blocks_held(record.user_id, record.device_id)
+    return answer(dm.Joined(record.device_id, record.lease_s, record.session, held), status=201)
 
 
 async def list_devices(request: web.Request) -> web.Response:
     registry, user_id = _registry(request), current_user(request).user_id
     await registry.sync(user_id)  # shared stores: devices joined through other servers
     devices = registry.list_devices(user_id)
-    return web.json_response({"devices": devices})
+    return answer(dm.Devices([dm.Device(**d) for d in devices]))
 
 
-async def change_blocks(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    reject_unknown(body, {"session", "add", "remove"})
-    session = _session(body)
-    add = _block_ids(body, "add", required=False)
-    remove = _block_ids(body, "remove", required=False)
+async def change_blocks(request: web.Request, body: dm.ChangeBlocksRequest) -> web.Response:
     added, removed, held = await _registry(request).change_blocks(
-        current_user(request).user_id, _device_id(request), session, add, remove
+        current_user(request).user_id, _device_id(request), body.session, body.add, body.remove
     )
-    return web.json_response({"added": added, "removed": removed, "blocks": held})
+    return answer(dm.BlocksChanged(added, removed, held))
 
 
-async def heartbeat(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    reject_unknown(body, {"session"})
+async def heartbeat(request: web.Request, body: dm.SessionRequest) -> web.Response:
     user_id, device_id = current_user(request).user_id, _device_id(request)
     registry = _registry(request)
-    record = await registry.heartbeat(user_id, device_id, _session(body))
-    return web.json_response(
-        {
-            "device_id": device_id,
-            "lease_s": record.lease_s,
-            "last_seen_ns": record.last_seen_ns,
-            "blocks": registry.blocks_held(user_id, device_id),
-        }
-    )
+    record = await registry.heartbeat(user_id, device_id, body.session)
+    held = registry.blocks_held(user_id, device_id)
+    return answer(dm.Heartbeat(device_id, record.lease_s, record.last_seen_ns, held))
 
 
-async def leave_device(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    reject_unknown(body, {"session"})
-    await _registry(request).leave(
-        current_user(request).user_id, _device_id(request), _session(body)
-    )
-    return web.json_response({"left": True})
+async def leave_device(request: web.Request, body: dm.SessionRequest) -> web.Response:
+    await _registry(request).leave(current_user(request).user_id, _device_id(request), body.session)
+    return answer(dm.Left(True))
 
 
-async def request_block(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    reject_unknown(body, {"session", "block_id"})
-    session = _session(body)
-    block_id = validate_block_id(require(body, "block_id"))
+async def request_block(request: web.Request, body: dm.RequestBlockRequest) -> web.Response:
     registry, user_id, device_id = (
         _registry(request),
         current_user(request).user_id,
         _device_id(request),
     )
-    await registry.sync(user_id, (device_id, session))
-    holders = registry.request(user_id, device_id, session, block_id)
-    return web.json_response({"holders": holders})
+    await registry.sync(user_id, (device_id, body.session))
+    holders = registry.request(user_id, device_id, body.session, body.block_id)
+    return answer(dm.HoldersOut(holders))
 
 
-async def holders_of_blocks(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    reject_unknown(body, {"block_ids"})
-    block_ids = _block_ids(body, "block_ids")
+async def holders_of_blocks(request: web.Request, body: dm.HoldersRequest) -> web.Response:
     registry, user_id = _registry(request), current_user(request).user_id
     await registry.sync(user_id)
-    holders = registry.holders(user_id, block_ids)
-    return web.json_response({"holders": holders})
+    holders = registry.holders(user_id, body.block_ids)
+    return answer(dm.HoldersOfBlocks(holders))
 
 
 async def holders_of_block(request: web.Request) -> web.Response:
@@ -187,21 +115,109 @@ async def holders_of_block(request: web.Request) -> web.Response:
     registry, user_id = _registry(request), current_user(request).user_id
     await registry.sync(user_id)
     holders = registry.holders(user_id, [block_id])
-    return web.json_response({"block_id": block_id, "holders": holders[block_id]})
+    return answer(dm.HoldersOfBlock(block_id, holders[block_id]))
 
 
 DEVICE = r"/v1/devices/{device_id:\d+}"
+DEVICE_ID = Param(
+    "device_id", "path", {"type": "integer", "minimum": 1}, "device id inside the account"
+)
+GONE = "not_found (not joined with this session: left or lease expired; join again)"
+BAD_IDS = "bad_request, bad_block_id"
 
-# (method, path, handler, name) like routes.ROUTES; the name keys the OpenAPI operation.
-ROUTES: list[tuple[str, str, Any, str]] = [
-    ("POST", "/v1/devices", join_device, "join_device"),
-    ("GET", "/v1/devices", list_devices, "list_devices"),
-    ("POST", "/v1/devices/holders", holders_of_blocks, "holders_of_blocks"),
-    ("GET", "/v1/devices/holders/{block_id}", holders_of_block, "holders_of_block"),
-    ("POST", DEVICE + "/blocks", change_blocks, "change_device_blocks"),
-    ("POST", DEVICE + "/heartbeat", heartbeat, "device_heartbeat"),
-    ("POST", DEVICE + "/leave", leave_device, "leave_device"),
-    ("POST", DEVICE + "/request", request_block, "request_block"),
+ROUTES: list[Route] = [
+    Route(
+        "POST",
+        "/v1/devices",
+        join_device,
+        "join_device",
+        "join the account's device registry with the blocks this device holds",
+        {201: ("joined; the smallest free device id", dm.Joined)},
+        {400: BAD_IDS, 413: "too_large (too many devices or blocks)"},
+        (Param("X-Cloudfs-Device", "header", {"type": "string"}, "default device_name"),),
+        body=dm.JoinRequest,
+        links=tuple(
+            Link(
+                201,
+                op,
+                {"device_id": "$response.body#/device_id"},
+                {"session": "$response.body#/session"},
+            )
+            for op in ("change_device_blocks", "device_heartbeat", "leave_device")
+        ),
+    ),
+    Route(
+        "GET",
+        "/v1/devices",
+        list_devices,
+        "list_devices",
+        "the account's joined devices, by id",
+        {200: ("devices", dm.Devices)},
+    ),
+    Route(
+        "POST",
+        "/v1/devices/holders",
+        holders_of_blocks,
+        "holders_of_blocks",
+        "which of the account's devices hold each of these blocks",
+        {200: ("block id -> holders", dm.HoldersOfBlocks)},
+        {400: BAD_IDS},
+        body=dm.HoldersRequest,
+    ),
+    Route(
+        "GET",
+        "/v1/devices/holders/{block_id}",
+        holders_of_block,
+        "holders_of_block",
+        "which of the account's devices hold this block",
+        {200: ("holders", dm.HoldersOfBlock)},
+        {400: "bad_block_id"},
+        (BLOCK_ID,),
+    ),
+    Route(
+        "POST",
+        DEVICE + "/blocks",
+        change_blocks,
+        "change_device_blocks",
+        "the device gained `add` and evicted `remove` (remove applies last)",
+        {200: ("counts", dm.BlocksChanged)},
+        {400: BAD_IDS, 404: GONE, 413: "too_large"},
+        (DEVICE_ID,),
+        body=dm.ChangeBlocksRequest,
+    ),
+    Route(
+        "POST",
+        DEVICE + "/heartbeat",
+        heartbeat,
+        "device_heartbeat",
+        "extend the lease",
+        {200: ("the lease", dm.Heartbeat)},
+        {400: "bad_request", 404: GONE},
+        (DEVICE_ID,),
+        body=dm.SessionRequest,
+    ),
+    Route(
+        "POST",
+        DEVICE + "/leave",
+        leave_device,
+        "leave_device",
+        "leave the registry; the id is free at once",
+        {200: ("left", dm.Left)},
+        {400: "bad_request", 404: GONE},
+        (DEVICE_ID,),
+        body=dm.SessionRequest,
+    ),
+    Route(
+        "POST",
+        DEVICE + "/request",
+        request_block,
+        "request_block",
+        "the holders of a block before the call; the device then holds it too (if any did)",
+        {200: ("holders", dm.HoldersOut)},
+        {400: BAD_IDS, 404: GONE, 413: "too_large"},
+        (DEVICE_ID,),
+        body=dm.RequestBlockRequest,
+    ),
 ]
 
 
@@ -256,9 +272,5 @@ def setup(
 
     `store` defaults to the config's engine (`config.open_device_store`).
     """
-    for method, path, handler, name in ROUTES:
-        if method == "GET":
-            app.router.add_get(path, handler, name=name, allow_head=False)
-        else:
-            app.router.add_route(method, path, handler, name=name)
+    contract.register(app, ROUTES)
     app.cleanup_ctx.append(_registry_ctx(store, default_lease_s))

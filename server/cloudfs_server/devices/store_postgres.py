@@ -93,6 +93,8 @@ class PgDeviceStore(DeviceStore):
         )
 
     async def touch(self, user_id: int, device_id: int, session: str, last_seen_ns: int) -> None:
+        if "\x00" in session:  # matches no row (sessions are URL-safe), and text cannot hold it
+            return
         await self._run(
             lambda c: c.execute(
                 "UPDATE devices SET last_seen_ns = %s"

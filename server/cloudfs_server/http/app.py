@@ -17,13 +17,14 @@ from aiohttp import web
 from cloudfs_server.config import DAY_NS, MiB, ServerConfig, open_stores
 from cloudfs_server.devices import routes as device_routes
 from cloudfs_server.errors import StoreUnavailableError
-from cloudfs_server.http import batch, routes
+from cloudfs_server.http import batch, contract, routes
 from cloudfs_server.http.metrics import (
     Metrics,
     WarningLimiter,
     count_sent_bytes,
     metrics_handler,
     metrics_middleware,
+    metrics_route,
 )
 from cloudfs_server.http.middleware import auth_middleware, error_middleware
 from cloudfs_server.http.notify import ChangeNotifier
@@ -119,7 +120,8 @@ def create_app(config: ServerConfig) -> web.Application:
     device_routes.setup(app)  # /v1/devices… (issue 5): routes, registry, lease task
     token = config.metrics_token
     handler = metrics_handler(metrics, token, token is not None)
-    app.router.add_get("/metrics", handler, name="metrics", allow_head=False)
+    contract.register(app, [metrics_route(handler)])
+    app.on_startup.append(contract.publish_document)
     return app
 
 

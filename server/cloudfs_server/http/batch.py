@@ -1,7 +1,7 @@
 """The bulk routes of a local-first client: `POST /v1/batch` (many namespace ops in one
-transaction) and `POST /v1/blocks/pack` (many small blocks in one body), and their OpenAPI entries.
+transaction) and `POST /v1/blocks/pack` (many small blocks in one body), and their Route entries.
 
-Self-contained on purpose (parsing, handlers, `paths()`), so the routes convert as one unit.
+A batch decodes op by op (models.BATCH_OPS, tagged by "op") so that a shape error names its op.
 """
 
 from __future__ import annotations
@@ -11,32 +11,17 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
+from cloudfs_server import model
 from cloudfs_server.engines.blockstore import StagedBlock
 from cloudfs_server.errors import BadRequestError, HashMismatchError, TooLargeError
-from cloudfs_server.http.openapi import DEVICE, J, _err, _json, _op, _ref, _resp
-from cloudfs_server.http.routes import (
-    BIG_JSON_BYTES,
-    COMMIT_FIELDS,
-    CREATE_FIELDS,
-    MOVE_FIELDS,
-    SETATTR_FIELDS,
-    device_of,
-    json_answer,
-    json_body,
-    node_ref,
-    notify,
-    offload,
-    parse_commit,
-    parse_create,
-    parse_move,
-    parse_setattr,
-    reject_unknown,
-    require,
-)
+from cloudfs_server.http import contract
+from cloudfs_server.http import models as m
+from cloudfs_server.http.contract import Route
+from cloudfs_server.http.routes import DEVICE, NAME_ERRORS, device_of, notify
 from cloudfs_server.http.state import BLOCKS, CONFIG, GC_LOCK, META, current_user
-from cloudfs_server.model import BATCH_MAX_OPS, BatchOp, DeleteOp, NodeRef
 
 PACK_TYPE = "application/x-cloudfs-pack"
 PACK_MAX_RECORDS = 1000
@@ -46,96 +31,111 @@ RECORD_HEAD = struct.Struct(">32sI")
 # Blocks of one pack staged / published at once: their fsyncs overlap (4 -> 8 took 1,000 x 4 KiB
 # from 5.2 s to 2.6 s here; the default executor's threads bound it anyway).
 PACK_PARALLEL = 8
-# Batches with more ops than this build their answer in a worker thread.
-BIG_BATCH = 100
 
 
 # ---- POST /v1/batch ------------------------------------------------------------------------
-def parse_op(raw: object, labels: set[str]) -> BatchOp:
-    """One op of a batch; `labels` holds the labels defined by earlier ops (updated here)."""
-    if not isinstance(raw, dict):
-        raise BadRequestError("must be a JSON object")
-    kind = require(raw, "op")
-    body = {k: v for k, v in raw.items() if k != "op"}
+class BatchShape(m.Request):
+    """A batch body before its ops are decoded."""
 
-    def ref(key: str) -> NodeRef:
-        value = node_ref(require(body, key), key, labels=True)
-        if isinstance(value, str) and value not in labels:
-            raise BadRequestError(f"'{key}' names label {value!r}, not defined by an earlier op")
-        return value
+    ops: list[msgspec.Raw]
 
-    op: BatchOp
-    if kind == "create":
-        reject_unknown(body, CREATE_FIELDS | {"parent", "label"})
-        label = body.get("label")
-        if label is not None and not isinstance(label, str):
-            raise BadRequestError("'label' must be a string")
-        if label is not None:
-            node_ref(label, "label", labels=True)  # the length rule of references
-        parent = ref("parent")
-        op = parse_create(body, parent, label)
-        if label is not None:
-            if label in labels:
-                raise BadRequestError(f"label {label!r} is defined twice")
-            labels.add(label)
-    elif kind == "commit":
-        reject_unknown(body, COMMIT_FIELDS | {"node"})
-        op = parse_commit(body, ref("node"))
-    elif kind == "setattr":
-        reject_unknown(body, SETATTR_FIELDS | {"node", "size"})
-        op = parse_setattr(body, ref("node"))
-    elif kind == "move":
-        reject_unknown(body, MOVE_FIELDS | {"node"})
-        node = ref("node")
-        op = parse_move(body, node, labels=True)
-        if isinstance(op.parent, str) and op.parent not in labels:
+
+class BatchParser:
+    """Decodes a batch body into the store's ops (model.BatchOp); a shape error anywhere is one
+    BadRequestError for the whole batch, naming `ops[i]` (message prefix and `op` detail).
+    Holds one decoder per op model, made once per route."""
+
+    def __init__(self) -> None:
+        self.shape = msgspec.json.Decoder(BatchShape)
+        self.head = msgspec.json.Decoder(m.OpHead)
+        self.ops = {name: msgspec.json.Decoder(cls) for name, cls in m.BATCH_OPS.items()}
+
+    def __call__(self, raw: bytes) -> list[model.BatchOp]:
+        body: BatchShape = contract.decode(BatchShape, raw, self.shape)
+        if not 1 <= len(body.ops) <= m.BATCH_MAX_OPS:
             raise BadRequestError(
-                f"'parent' names label {op.parent!r}, not defined by an earlier op"
+                f"'ops' holds {len(body.ops)} ops; 1 to {m.BATCH_MAX_OPS} are allowed"
             )
-    elif kind == "delete":
-        reject_unknown(body, {"node"})
-        op = DeleteOp(ref("node"))
-    else:
-        raise BadRequestError(
-            f"'op' is {str(kind)[:40]!r}; one of create, commit, setattr, move, delete"
-        )
-    return op
+        labels: set[str] = set()
+        out: list[model.BatchOp] = []
+        for index, op_raw in enumerate(body.ops):
+            try:
+                out.append(self.op(bytes(op_raw), labels))
+            except BadRequestError as exc:
+                # Same class (so the same code: invalid_name, bad_block_id, ...), prefixed.
+                raise type(exc)(f"ops[{index}]: {exc.message}", op=index, **exc.details) from None
+        return out
+
+    def op(self, raw: bytes, labels: set[str]) -> model.BatchOp:
+        """One op; `labels` holds the labels defined by earlier ops (updated here)."""
+        kind = contract.decode(m.OpHead, raw, self.head, subject="").op
+        cls = m.BATCH_OPS.get(kind)
+        if cls is None:
+            raise BadRequestError(
+                f"'op' is {kind[:40]!r}; one of create, commit, setattr, move, delete"
+            )
+        wire = contract.decode(cls, raw, self.ops[kind], subject="")
+
+        def ref(value: int | str, key: str) -> model.NodeRef:
+            if isinstance(value, str) and value not in labels:
+                raise BadRequestError(
+                    f"'{key}' names label {value!r}, not defined by an earlier op"
+                )
+            return value
+
+        if isinstance(wire, m.CreateOp):
+            op: model.BatchOp = model.CreateOp(
+                ref(wire.parent, "parent"),
+                wire.name,
+                wire.kind,
+                wire.mode,
+                wire.mtime_ns,
+                wire.atime_ns,
+                None if wire.target is msgspec.UNSET else wire.target,
+                0 if wire.size is msgspec.UNSET else wire.size,
+                [] if wire.blocks is msgspec.UNSET else wire.blocks,
+                wire.label,
+            )
+            if wire.label is not None:
+                if wire.label in labels:
+                    raise BadRequestError(f"label {wire.label!r} is defined twice")
+                labels.add(wire.label)
+        elif isinstance(wire, m.CommitOp):
+            op = model.CommitOp(
+                ref(wire.node, "node"), wire.base_version, wire.size, wire.blocks, wire.mtime_ns
+            )
+        elif isinstance(wire, m.SetattrOp):
+            op = model.SetattrOp(ref(wire.node, "node"), wire.mode, wire.mtime_ns, wire.atime_ns)
+        elif isinstance(wire, m.MoveOp):
+            node = ref(wire.node, "node")
+            op = model.MoveOp(node, ref(wire.parent, "parent"), wire.name, wire.replace)
+        else:
+            assert isinstance(wire, m.DeleteOp)
+            op = model.DeleteOp(ref(wire.node, "node"))
+        return op
 
 
-def parse_batch(body: dict[str, Any]) -> list[BatchOp]:
-    """The typed ops of a batch body, or a BadRequestError (naming `ops[i]`) for the whole."""
-    reject_unknown(body, {"ops"})
-    ops = require(body, "ops")
-    if not isinstance(ops, list):
-        raise BadRequestError("'ops' must be a list")
-    if not 1 <= len(ops) <= BATCH_MAX_OPS:
-        raise BadRequestError(f"'ops' holds {len(ops)} ops; 1 to {BATCH_MAX_OPS} are allowed")
-    labels: set[str] = set()
-    out: list[BatchOp] = []
-    for index, raw in enumerate(ops):
-        try:
-            out.append(parse_op(raw, labels))
-        except BadRequestError as exc:
-            # Same class (so the same code: invalid_name, bad_block_id, ...), prefixed message.
-            raise type(exc)(f"ops[{index}]: {exc.message}", op=index, **exc.details) from None
+def outcome(result: model.BatchResult) -> dict[str, Any]:
+    """One result on the wire (models.BatchOutcome; a dict because error details vary)."""
+    if result.error is not None:
+        return {"ok": False, "status": result.error.status, **result.error.body()}
+    if result.op == "delete":
+        return {"ok": True, "trashed": result.trashed}
+    assert result.node is not None
+    out: dict[str, Any] = {"ok": True, "node": m.node_out(result.node)}
+    if result.op == "move":
+        out["replaced"] = result.replaced
     return out
 
 
-async def batch(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    big = (request.content_length or 0) > BIG_JSON_BYTES
-    ops: list[BatchOp] = await offload(parse_batch, body) if big else parse_batch(body)
+async def batch(request: web.Request, ops: list[model.BatchOp]) -> web.Response:
     results = await request.app[META].apply_batch(
         current_user(request).user_id, ops, device_of(request)
     )
     if any(r.error is None for r in results):
         await notify(request)  # once, after the batch's one commit
-
-    def answer() -> dict[str, Any]:
-        return {"results": [r.to_json() for r in results]}
-
-    many = len(results) > BIG_BATCH
-    return await json_answer(await offload(answer) if many else answer(), big=many)
+    body = msgspec.json.encode({"results": [outcome(r) for r in results]})
+    return web.Response(body=body, content_type=contract.JSON)
 
 
 # ---- POST /v1/blocks/pack ------------------------------------------------------------------
@@ -238,199 +238,40 @@ async def put_pack(request: web.Request) -> web.Response:
             )
     finally:
         await asyncio.shield(asyncio.gather(*(blocks.discard(s) for s in staged_any)))
-    return web.json_response(
-        {
-            "blocks": [
-                {"block_id": s.block_id, "size": s.size, "stored": n}
-                for s, n in zip(staged, new, strict=True)
-            ]
-        }
+    return contract.answer(
+        m.PackStored(
+            [m.BlockStored(s.block_id, s.size, n) for s, n in zip(staged, new, strict=True)]
+        )
     )
 
 
-def setup(app: web.Application) -> None:
-    for method, path, handler, name in ROUTES:
-        app.router.add_route(method, path, handler, name=name)
-
-
-ROUTES: list[tuple[str, str, Any, str]] = [
-    ("POST", "/v1/batch", batch, "batch"),
-    ("POST", "/v1/blocks/pack", put_pack, "put_pack"),
+ROUTES: list[Route] = [
+    Route(
+        "POST",
+        "/v1/batch",
+        batch,
+        "batch",
+        f"apply 1..{m.BATCH_MAX_OPS} namespace ops in order, each atomic, in one transaction",
+        {200: ("one result per op, in order", m.BatchResults)},
+        {400: f"{NAME_ERRORS}, bad_block_id (body has `op`: the index)", 413: "too_large"},
+        (DEVICE,),
+        body=m.BatchRequest,
+        parse=BatchParser(),
+    ),
+    Route(
+        "POST",
+        "/v1/blocks/pack",
+        put_pack,
+        "put_pack",
+        f"upload up to {PACK_MAX_RECORDS} blocks in one body of records [32-byte BLAKE3 digest]"
+        f"[u32 big-endian length][bytes], <= 16 MiB (each stored as PUT /v1/blocks/{{id}} does)",
+        {200: ("the blocks in record order; stored = new for this user", m.PackStored)},
+        {400: "bad_request, hash_mismatch", 413: "too_large"},
+        raw_body=True,
+        raw_type=PACK_TYPE,
+    ),
 ]
 
 
-# ---- OpenAPI -------------------------------------------------------------------------------
-REF: J = {
-    "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string"}],
-    "description": "a node id, or the label of an earlier create of this batch",
-}
-BLOCKS_SCHEMA: J = {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2}}
-
-
-def _batch_op_schema() -> J:
-    def obj(op: str, required: list[str], props: J) -> J:
-        return {
-            "type": "object",
-            "required": ["op", *required],
-            "additionalProperties": False,
-            "properties": {"op": {"const": op}, **props},
-        }
-
-    integer = {"type": "integer"}
-    return {
-        "oneOf": [
-            obj(
-                "create",
-                ["parent", "name", "type"],
-                {
-                    "parent": REF,
-                    "name": {"type": "string"},
-                    "type": {"enum": ["dir", "file", "symlink"]},
-                    "mode": integer,
-                    "mtime_ns": integer,
-                    "atime_ns": integer,
-                    "target": {"type": "string"},
-                    "size": integer,
-                    "blocks": BLOCKS_SCHEMA,
-                    "label": {"type": "string"},
-                },
-            ),
-            obj(
-                "commit",
-                ["node", "base_version", "size", "blocks"],
-                {
-                    "node": REF,
-                    "base_version": integer,
-                    "size": integer,
-                    "blocks": BLOCKS_SCHEMA,
-                    "mtime_ns": integer,
-                },
-            ),
-            obj(
-                "setattr",
-                ["node"],
-                {"node": REF, "mode": integer, "mtime_ns": integer, "atime_ns": integer},
-            ),
-            obj(
-                "move",
-                ["node", "parent", "name"],
-                {
-                    "node": REF,
-                    "parent": REF,
-                    "name": {"type": "string"},
-                    "replace": {"type": "boolean"},
-                },
-            ),
-            obj("delete", ["node"], {"node": REF}),
-        ]
-    }
-
-
-def paths() -> J:
-    result = {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["ok"],
-                "description": "done: node (create/commit/setattr/move), replaced (move), "
-                "trashed (delete)",
-                "properties": {
-                    "ok": {"const": True},
-                    "node": _ref("Node"),
-                    "replaced": {"type": ["integer", "null"]},
-                    "trashed": {"type": "boolean"},
-                },
-            },
-            {
-                "type": "object",
-                "required": ["ok", "status", "error", "message"],
-                "description": "not applied: the status and body the single route answers",
-                "properties": {
-                    "ok": {"const": False},
-                    "status": {"type": "integer"},
-                    "error": {"type": "string"},
-                    "message": {"type": "string"},
-                },
-                "additionalProperties": True,
-            },
-        ]
-    }
-    return {
-        "/v1/batch": {
-            "post": _op(
-                "batch",
-                "apply 1..1000 namespace ops in order, each atomic, in one transaction",
-                {
-                    "200": _resp(
-                        "one result per op, in order",
-                        {
-                            "type": "object",
-                            "properties": {"results": {"type": "array", "items": result}},
-                        },
-                    ),
-                    "400": _err("bad_request", "invalid_name", "name_too_long", "bad_block_id"),
-                    "413": _err("too_large"),
-                    "507": _err("server_full"),
-                },
-                params=[DEVICE],
-                body=_json(
-                    {
-                        "type": "object",
-                        "required": ["ops"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "ops": {
-                                "type": "array",
-                                "minItems": 1,
-                                "maxItems": BATCH_MAX_OPS,
-                                "items": _batch_op_schema(),
-                            }
-                        },
-                    }
-                ),
-            )
-        },
-        "/v1/blocks/pack": {
-            "post": _op(
-                "put_pack",
-                "upload up to 1000 blocks in one body (each stored as PUT /v1/blocks/{id} does)",
-                {
-                    "200": _resp(
-                        "the blocks in record order; stored = new for this user",
-                        {
-                            "type": "object",
-                            "properties": {
-                                "blocks": {
-                                    "type": "array",
-                                    "items": {
-                                        "type": "object",
-                                        "properties": {
-                                            "block_id": {"type": "string"},
-                                            "size": {"type": "integer"},
-                                            "stored": {"type": "boolean"},
-                                        },
-                                    },
-                                }
-                            },
-                        },
-                    ),
-                    "400": _err("bad_request", "hash_mismatch"),
-                    "413": _err("too_large"),
-                    "503": _err("store_unavailable"),
-                    "507": _err("server_full"),
-                },
-                body={
-                    "content": {
-                        PACK_TYPE: {
-                            "schema": {
-                                "type": "string",
-                                "format": "binary",
-                                "description": "records of [32-byte BLAKE3 digest][u32 big-endian "
-                                "length][bytes]; <= 1000 records, <= 16 MiB",
-                            }
-                        }
-                    }
-                },
-            )
-        },
-    }
+def setup(app: web.Application) -> None:
+    contract.register(app, ROUTES)

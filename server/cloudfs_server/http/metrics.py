@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from cloudfs_server.errors import NotFoundError, UnauthorizedError
+from cloudfs_server.http.contract import Route
 from cloudfs_server.http.notify import ChangeNotifier
 
 log = logging.getLogger(__name__)
@@ -166,3 +167,22 @@ def metrics_handler(metrics: Metrics, token: str | None, enabled: bool = True) -
         return web.Response(body=body, headers={hdrs.CONTENT_TYPE: CONTENT_TYPE_LATEST})
 
     return handler
+
+
+def metrics_route(handler: Handler) -> Route:
+    """The `GET /metrics` entry of the API app's route table (so /v1/openapi.json has it)."""
+    return Route(
+        "GET",
+        "/metrics",
+        handler,
+        "metrics",
+        "Prometheus text format; needs the admin token of --metrics-token-file (or served "
+        "without auth on --metrics-address instead)",
+        {200: ("the metrics", str)},
+        {
+            401: "unauthorized (not the admin token)",
+            404: "not_found (no --metrics-token-file: not served on this address)",
+        },
+        auth=False,
+        scheme="metricsToken",
+    )

@@ -1,5 +1,5 @@
-"""The error middleware (the one translator from our exceptions to status + JSON body) and the
-bearer-token middleware."""
+"""The error middleware (the one translator from our exceptions to status + JSON body), the
+bearer-token middleware, and the runner whose connections answer HTTP parser errors as JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestHandler
 
 from cloudfs_server.auth import bearer_token
 from cloudfs_server.errors import ServerError, ServerFullError, UnauthorizedError
@@ -59,7 +60,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = f"request body is over the limit of {limit} bytes"
         else:
             message = exc.reason
-        return error_json(exc.status, {"error": code, "message": message})
+        resp = error_json(exc.status, {"error": code, "message": message})
+        if isinstance(exc, web.HTTPMethodNotAllowed):  # RFC 9110: a 405 lists what is allowed
+            resp.headers[hdrs.ALLOW] = ",".join(sorted(exc.allowed_methods))
+        return resp
     except ConnectionResetError:
         # The client went away (e.g. in the middle of a block body): nothing was stored and
         # nobody reads this answer; keep the log free of a traceback.
@@ -83,3 +87,40 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise UnauthorizedError("the token is not valid")
         request[USER] = user
     return await handler(request)
+
+
+class JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering its own parser errors (non-ASCII path, header
+    too long, bad Content-Length, …: raised before any middleware) as our JSON 4xx with one
+    log line instead of a plain-text answer and a traceback."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500 or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        reason = (message or str(exc) or "malformed request").splitlines()[0][:200]
+        log.info("bad HTTP request from %s: %s", request.remote, reason)
+        code = HTTP_CODES.get(status, "bad_request")
+        resp = error_json(status, {"error": code, "message": f"malformed HTTP request: {reason}"})
+        resp.force_close()
+        return resp
+
+
+class JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """An AppRunner whose connections use JsonErrorRequestHandler."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # Same server, same state; only the connection handler class differs.
+        server.__class__ = JsonErrorServer
+        return server
