@@ -32,6 +32,10 @@ class ServerConfig:
     synchronous: str = "FULL"
     max_long_polls: int = 10_000  # held /v1/changes requests; beyond: "retry_after_s" (busy)
     max_long_polls_per_user: int = 64  # the same, per user (one user cannot starve the others)
+    # Failed logins (POST /v1/login) allowed per user name and per client address in the window
+    # (per process); beyond, 429 until the oldest failure leaves the window.
+    login_failures_max: int = 5
+    login_window_s: float = 60.0
     busy_retry_s: float = 10.0  # the back-off suggested to idle subscribers when busy
     # GET /metrics on the API address needs this admin token (or `sha256:<hex>` of it); None:
     # not served there (`serve --metrics-address` serves it on its own address instead).

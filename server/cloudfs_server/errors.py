@@ -22,6 +22,8 @@ Tree (every class carries its protocol `code` and HTTP `status`; see docs/protoc
     │                                (`label`); fix that create, then retry both
     ├── CursorExpiredError     410   change log compacted past the cursor (rescan)
     ├── TooLargeError          413   body over the limit
+    ├── RateLimitedError       429   too many failed logins for this user name or address;
+    │                                retry after `Retry-After` seconds
     ├── RangeNotSatisfiableError 416 a block Range outside the block, malformed, or multi-part
     ├── QuotaExceededError     507   a commit would exceed the user's quota
     ├── ServerFullError        507   the server's disk (block files or database) is full. A
@@ -136,6 +138,18 @@ class RangeNotSatisfiableError(ServerError):
 
     def headers(self) -> dict[str, str]:
         return {"Content-Range": f"bytes */{self.details['size']}"}
+
+
+class RateLimitedError(ServerError):
+    """Too many failed logins (per user name or client address) in the last minute."""
+
+    code, status = "rate_limited", 429
+
+    def __init__(self, message: str, retry_after_s: int, **details: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **details)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.details["retry_after_s"])}
 
 
 class QuotaExceededError(ServerError):

@@ -80,6 +80,20 @@ class UserInfo:
     quota_bytes: int | None
 
 
+@dataclass(frozen=True)
+class TokenInfo:
+    """One device token of a user (the token itself is never stored, only its SHA-256)."""
+
+    device: str
+    created_at_ns: int
+    last_used_ns: int | None  # updated at most once a minute (TOKEN_TOUCH_NS); None: never
+
+
+# The device name of the token `add-user` and `reset-token` print, and of the token a
+# deployment had before per-device tokens (schema version 3).
+ADMIN_DEVICE = "admin-cli"
+
+
 @dataclass
 class Node:
     node_id: int

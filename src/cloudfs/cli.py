@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudfs import config, errors, history, registry
+from cloudfs import login as password_login
 from cloudfs.chunking import ChunkParams
 from cloudfs.clitools import (
     EXIT_CLOSED_PIPE,
@@ -104,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     login = sub.add_parser("login", help="store a server URL and token in the config file")
     login.add_argument("server")
     login.add_argument("--token", help="API token (or CLOUDFS_TOKEN)")
+    password_login.add_arguments(login)  # --user, --password-file, --device (login.py)
 
     c = sub.add_parser("completion", help="print the shell completion script (bash or zsh)")
     c.add_argument("shell", choices=("bash", "zsh"))
@@ -143,6 +145,8 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         return cmd_status(args)
     if args.command == "login":
+        if args.user is not None:
+            return password_login.cmd_login_password(args)
         return cmd_login(args)
     if args.command == "completion":
         return cmd_completion(args)

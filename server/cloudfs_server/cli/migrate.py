@@ -25,9 +25,10 @@ from cloudfs_server.engines.sqlite import SqliteMetadataStore
 TABLES: tuple[tuple[str, str], ...] = (
     (
         "users",
-        "user_id, name, token_sha256, root, quota_bytes, logical_bytes, last_seq, log_floor, "
+        "user_id, name, password_hash, root, quota_bytes, logical_bytes, last_seq, log_floor, "
         "created_at_ns",
     ),
+    ("tokens", "user_id, device, token_sha256, created_at_ns, last_used_ns"),
     (
         "nodes",
         "node_id, user_id, parent, name, kind, mode, size, mtime_ns, ctime_ns, version, "

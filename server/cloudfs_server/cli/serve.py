@@ -97,6 +97,8 @@ async def serve(
         purge_interval_s=args.purge_interval,
         max_long_polls=args.max_long_polls,
         max_long_polls_per_user=args.max_long_polls_per_user,
+        login_failures_max=args.login_failures,
+        login_window_s=args.login_window,
         metrics_token=token,
     )
     app = create_app(config)
@@ -158,6 +160,21 @@ def add_parser(cmd: Callable[[str, str], argparse.ArgumentParser]) -> None:
         type=int,
         default=64,
         help="held change-feed requests per user (so one user cannot delay the others)",
+    )
+    p.add_argument(
+        "--login-failures",
+        type=int,
+        default=5,
+        metavar="N",
+        help="failed logins per user name and per client address within --login-window before "
+        "logins answer 429 (per server process; default 5)",
+    )
+    p.add_argument(
+        "--login-window",
+        type=duration_arg,
+        default=60.0,
+        metavar="DURATION",
+        help="the window of --login-failures (default 1m)",
     )
     p.add_argument("--tls-cert", metavar="FILE", help="serve https: certificate chain (PEM)")
     p.add_argument("--tls-key", metavar="FILE", help="serve https: private key (PEM)")

@@ -23,6 +23,7 @@ from cloudfs_server.model import (
     FsckReport,
     Node,
     ServerUsage,
+    TokenInfo,
     Usage,
     UserInfo,
     VersionInfo,
@@ -48,8 +49,11 @@ class MetadataStore(abc.ABC):
 
     # ---- users ---------------------------------------------------------------------------
     @abc.abstractmethod
-    async def create_user(self, name: str, quota_bytes: int | None) -> tuple[UserInfo, str]:
-        """Create a user with an empty root; return it and its new token (shown once).
+    async def create_user(
+        self, name: str, quota_bytes: int | None, password_hash: str | None = None
+    ) -> tuple[UserInfo, str]:
+        """Create a user with an empty root and an optional password hash (passwords.py);
+        return it and the token of its `admin-cli` device (shown once).
 
         Raises: ExistsError if the name is taken.
         """
@@ -59,14 +63,37 @@ class MetadataStore(abc.ABC):
 
     @abc.abstractmethod
     async def reset_token(self, name: str) -> str:
-        """Replace a user's token; the old one stops working. Raises: NotFoundError."""
+        """Replace the user's `admin-cli` device token (creating it if it was revoked); the old
+        one stops working, the other devices' tokens do not change. Raises: NotFoundError."""
+
+    @abc.abstractmethod
+    async def issue_token(self, user_id: int, device: str) -> str:
+        """A new token for the user's `device`, replacing that device's previous token."""
+
+    @abc.abstractmethod
+    async def list_tokens(self, name: str) -> list[TokenInfo]:
+        """The user's device tokens, by device name. Raises: NotFoundError."""
+
+    @abc.abstractmethod
+    async def revoke_token(self, name: str, device: str) -> None:
+        """Delete one device's token; the next request with it answers 401.
+        Raises: NotFoundError (no such user or no token for that device)."""
+
+    @abc.abstractmethod
+    async def set_password_hash(self, name: str, password_hash: str | None) -> None:
+        """Set (None: clear) the user's password hash. Raises: NotFoundError."""
+
+    @abc.abstractmethod
+    async def password_hash(self, name: str) -> tuple[UserInfo, str | None] | None:
+        """The user and its password hash (None: no password), or None if there is no user."""
 
     @abc.abstractmethod
     async def set_quota(self, name: str, quota_bytes: int | None) -> None: ...
 
     @abc.abstractmethod
     async def authenticate(self, token: str) -> UserInfo | None:
-        """The user owning `token`, or None."""
+        """The user owning `token`, or None. Records the token's last use at most once a
+        minute (a write then, none on the other requests)."""
 
     @abc.abstractmethod
     async def usage(self, user_id: int) -> Usage: ...

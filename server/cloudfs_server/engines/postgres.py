@@ -38,7 +38,6 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg.errors
 
-from cloudfs_server.auth import token_digest
 from cloudfs_server.engines import sqlite as sqlite_engine
 from cloudfs_server.engines.gclock import GcLock
 from cloudfs_server.engines.sqlite import SqliteMetadataStore
@@ -64,7 +63,7 @@ CONNECT_TIMEOUT_S = 3
 # Versioned schema: step N brings the schema from version N-1 to N, in one transaction, recorded
 # in `schema_migrations`. Never edit a released step; append a new one. Columns mean what they
 # mean in the embedded schema (docs/server.md); names use the "C" collation so they sort by UTF-8
-# bytes as there. Step 2 is the embedded engine's schema version 2 (node atime and `subdirs`).
+# bytes as there. Step N is the embedded engine's schema version N.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE users (
@@ -162,6 +161,22 @@ MIGRATIONS: tuple[str, ...] = (
         SELECT parent, COUNT(*) AS n FROM nodes
         WHERE kind = 'dir' AND parent IS NOT NULL AND trashed_at_ns IS NULL GROUP BY parent
     ) AS c WHERE nodes.node_id = c.parent AND nodes.kind = 'dir';
+    """,
+    # 3: per-device tokens and passwords (the embedded schema's version 3): each user's token
+    # becomes its `admin-cli` device token, with the same digest, so it keeps working.
+    """
+    CREATE TABLE tokens (
+        user_id       BIGINT NOT NULL,
+        device        TEXT COLLATE "C" NOT NULL,
+        token_sha256  TEXT NOT NULL UNIQUE,
+        created_at_ns BIGINT NOT NULL,
+        last_used_ns  BIGINT,
+        PRIMARY KEY (user_id, device)
+    );
+    INSERT INTO tokens (user_id, device, token_sha256, created_at_ns)
+        SELECT user_id, 'admin-cli', token_sha256, created_at_ns FROM users;
+    ALTER TABLE users DROP COLUMN token_sha256;
+    ALTER TABLE users ADD COLUMN password_hash TEXT;
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -513,17 +528,9 @@ class PostgresMetadataStore(SqliteMetadataStore):
             conn, user_id, op, node, device, now, old_parent, old_name, parent
         )
 
-    async def authenticate(self, token: str) -> UserInfo | None:
-        digest = token_digest(token)
-
-        def run(conn: PgConn) -> UserInfo | None:
-            row = conn.execute(
-                "SELECT user_id, name, root, quota_bytes FROM users WHERE token_sha256 = ?",
-                (digest,),
-            ).fetchone()
-            return None if row is None else UserInfo(*row)
-
-        return await self._run(run, (), "")  # one statement: no transaction needed
+    async def _token_row(self, digest: str) -> tuple[UserInfo, int | None] | None:
+        # One statement: no transaction needed.
+        return await self._run(self._lookup_token, (digest,), "")
 
     @staticmethod
     def _usage(conn: Any, user_id: int) -> Usage:

@@ -44,6 +44,7 @@ from cloudfs_server.errors import (
     VersionConflictError,
 )
 from cloudfs_server.model import (
+    ADMIN_DEVICE,
     DEFAULT_MODE,
     MODE_MASK,
     BatchOp,
@@ -60,6 +61,7 @@ from cloudfs_server.model import (
     NodeRef,
     ServerUsage,
     SetattrOp,
+    TokenInfo,
     Usage,
     UserInfo,
     VersionInfo,
@@ -69,7 +71,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# A token's `last_used_ns` is written at most this often (not once per request).
+TOKEN_TOUCH_NS = 60 * 1_000_000_000
 # SQLite's default limit on host parameters is 32766 (>= 3.32); stay well below it.
 IN_CHUNK = 500
 
@@ -175,6 +179,41 @@ ALTER TABLE nodes ADD COLUMN subdirs INTEGER NOT NULL DEFAULT 0;
 UPDATE nodes SET subdirs = (
     SELECT COUNT(*) FROM nodes AS c WHERE c.parent = nodes.node_id AND c.kind = 'dir'
 ) WHERE kind = 'dir';
+""",
+    ),
+    (
+        3,
+        # Per-device tokens and passwords. Each user's one token becomes its `admin-cli` device
+        # token (same digest: it keeps working); `users` is rebuilt without `token_sha256` (a
+        # UNIQUE column cannot be dropped in place) and with `password_hash`.
+        """
+CREATE TABLE tokens (
+    user_id       INTEGER NOT NULL,
+    device        TEXT NOT NULL,
+    token_sha256  TEXT NOT NULL UNIQUE,
+    created_at_ns INTEGER NOT NULL,
+    last_used_ns  INTEGER,
+    PRIMARY KEY (user_id, device)
+) WITHOUT ROWID;
+INSERT INTO tokens (user_id, device, token_sha256, created_at_ns)
+    SELECT user_id, 'admin-cli', token_sha256, created_at_ns FROM users;
+CREATE TABLE users_v3 (
+    user_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT,
+    root          INTEGER,
+    quota_bytes   INTEGER,
+    logical_bytes INTEGER NOT NULL DEFAULT 0,
+    last_seq      INTEGER NOT NULL DEFAULT 0,
+    log_floor     INTEGER NOT NULL DEFAULT 0,
+    created_at_ns INTEGER NOT NULL
+);
+INSERT INTO users_v3 (user_id, name, root, quota_bytes, logical_bytes, last_seq, log_floor,
+    created_at_ns)
+    SELECT user_id, name, root, quota_bytes, logical_bytes, last_seq, log_floor, created_at_ns
+    FROM users;
+DROP TABLE users;
+ALTER TABLE users_v3 RENAME TO users;
 """,
     ),
 )
@@ -618,17 +657,35 @@ class SqliteMetadataStore(MetadataStore):
         )
 
     # ---- users ---------------------------------------------------------------------------
+    @staticmethod
+    def _user_id(conn: sqlite3.Connection, name: str) -> int:
+        row = conn.execute("SELECT user_id FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no user named {name!r}")
+        return int(row[0])
+
+    @staticmethod
+    def _issue_token(conn: sqlite3.Connection, user_id: int, device: str) -> str:
+        """A new token for `device`, replacing that device's previous one (if any)."""
+        token = new_token()
+        conn.execute(
+            "INSERT INTO tokens (user_id, device, token_sha256, created_at_ns) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (user_id, device) DO UPDATE SET token_sha256 = excluded.token_sha256, "
+            "created_at_ns = excluded.created_at_ns, last_used_ns = NULL",
+            (user_id, device, token_digest(token), time.time_ns()),
+        )
+        return token
+
     def _create_user(
-        self, conn: sqlite3.Connection, name: str, quota: int | None
+        self, conn: sqlite3.Connection, name: str, quota: int | None, password_hash: str | None
     ) -> tuple[UserInfo, str]:
         if conn.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
             raise ExistsError(f"user {name!r} already exists")
-        token = new_token()
         now = time.time_ns()
         user_id = conn.execute(
-            "INSERT INTO users (name, token_sha256, quota_bytes, created_at_ns) "
+            "INSERT INTO users (name, password_hash, quota_bytes, created_at_ns) "
             "VALUES (?, ?, ?, ?) RETURNING user_id",
-            (name, token_digest(token), quota, now),
+            (name, password_hash, quota, now),
         ).fetchone()[0]
         root = conn.execute(
             "INSERT INTO nodes (user_id, parent, name, kind, mode, size, mtime_ns, ctime_ns, "
@@ -637,10 +694,13 @@ class SqliteMetadataStore(MetadataStore):
             (user_id, DEFAULT_MODE["dir"], now, now, now, now),
         ).fetchone()[0]
         conn.execute("UPDATE users SET root = ? WHERE user_id = ?", (root, user_id))
+        token = self._issue_token(conn, user_id, ADMIN_DEVICE)
         return UserInfo(user_id, name, root, quota), token
 
-    async def create_user(self, name: str, quota_bytes: int | None) -> tuple[UserInfo, str]:
-        return await self._write(self._create_user, name, quota_bytes)
+    async def create_user(
+        self, name: str, quota_bytes: int | None, password_hash: str | None = None
+    ) -> tuple[UserInfo, str]:
+        return await self._write(self._create_user, name, quota_bytes, password_hash)
 
     async def list_users(self) -> list[UserInfo]:
         def run(conn: sqlite3.Connection) -> list[UserInfo]:
@@ -653,15 +713,54 @@ class SqliteMetadataStore(MetadataStore):
 
     async def reset_token(self, name: str) -> str:
         def run(conn: sqlite3.Connection) -> str:
-            token = new_token()
+            return self._issue_token(conn, self._user_id(conn, name), ADMIN_DEVICE)
+
+        return await self._write(run)
+
+    async def issue_token(self, user_id: int, device: str) -> str:
+        return await self._write(self._issue_token, user_id, device)
+
+    async def set_password_hash(self, name: str, password_hash: str | None) -> None:
+        def run(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
-                "UPDATE users SET token_sha256 = ? WHERE name = ?", (token_digest(token), name)
+                "UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name)
             )
             if cur.rowcount != 1:
                 raise NotFoundError(f"no user named {name!r}")
-            return token
 
-        return await self._write(run)
+        await self._write(run)
+
+    async def password_hash(self, name: str) -> tuple[UserInfo, str | None] | None:
+        def run(conn: sqlite3.Connection) -> tuple[UserInfo, str | None] | None:
+            row = conn.execute(
+                "SELECT user_id, name, root, quota_bytes, password_hash FROM users WHERE name = ?",
+                (name,),
+            ).fetchone()
+            return None if row is None else (UserInfo(*row[:4]), row[4])
+
+        return await self._read(run)
+
+    async def list_tokens(self, name: str) -> list[TokenInfo]:
+        def run(conn: sqlite3.Connection) -> list[TokenInfo]:
+            rows = conn.execute(
+                "SELECT device, created_at_ns, last_used_ns FROM tokens WHERE user_id = ? "
+                "ORDER BY device",
+                (self._user_id(conn, name),),
+            )
+            return [TokenInfo(*r) for r in rows]
+
+        return await self._read(run)
+
+    async def revoke_token(self, name: str, device: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
+                "DELETE FROM tokens WHERE user_id = ? AND device = ?",
+                (self._user_id(conn, name), device),
+            )
+            if cur.rowcount != 1:
+                raise NotFoundError(f"user {name!r} has no token for device {device!r}")
+
+        await self._write(run)
 
     async def set_quota(self, name: str, quota_bytes: int | None) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -673,22 +772,42 @@ class SqliteMetadataStore(MetadataStore):
 
         await self._write(run)
 
-    async def authenticate(self, token: str) -> UserInfo | None:
-        digest = token_digest(token)
+    @staticmethod
+    def _lookup_token(conn: Any, digest: str) -> tuple[UserInfo, int | None] | None:
+        row = conn.execute(
+            "SELECT u.user_id, u.name, u.root, u.quota_bytes, t.last_used_ns "
+            "FROM tokens AS t JOIN users AS u ON u.user_id = t.user_id WHERE t.token_sha256 = ?",
+            (digest,),
+        ).fetchone()
+        return None if row is None else (UserInfo(*row[:4]), row[4])
 
-        def run() -> UserInfo | None:
-            row = (
-                self._conn()
-                .execute(
-                    "SELECT user_id, name, root, quota_bytes FROM users WHERE token_sha256 = ?",
-                    (digest,),
-                )
-                .fetchone()
-            )
-            return None if row is None else UserInfo(*row)
+    @staticmethod
+    def _touch_token(conn: Any, digest: str, now: int) -> None:
+        conn.execute(
+            "UPDATE tokens SET last_used_ns = ? WHERE token_sha256 = ? "
+            "AND (last_used_ns IS NULL OR last_used_ns < ?)",
+            (now, digest, now - TOKEN_TOUCH_NS),
+        )
+
+    async def _token_row(self, digest: str) -> tuple[UserInfo, int | None] | None:
+        def run() -> tuple[UserInfo, int | None] | None:
+            return self._lookup_token(self._conn(), digest)
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, run)
+
+    async def authenticate(self, token: str) -> UserInfo | None:
+        digest = token_digest(token)
+        found = await self._token_row(digest)
+        if found is None:
+            return None
+        user, last_used_ns = found
+        now = time.time_ns()
+        if last_used_ns is None or now - last_used_ns >= TOKEN_TOUCH_NS:
+            # At most one write a minute per token (the UPDATE's condition drops the writes of
+            # requests that raced here); an upload-row-like write: no fsync of its own.
+            await self._write(self._touch_token, digest, now, durable=False)
+        return user
 
     @staticmethod
     def _usage(conn: sqlite3.Connection, user_id: int) -> Usage:

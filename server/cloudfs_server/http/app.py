@@ -17,7 +17,7 @@ from aiohttp import web
 from cloudfs_server.config import DAY_NS, MiB, ServerConfig, open_stores
 from cloudfs_server.devices import routes as device_routes
 from cloudfs_server.errors import StoreUnavailableError
-from cloudfs_server.http import batch, contract, routes
+from cloudfs_server.http import batch, contract, login, routes
 from cloudfs_server.http.metrics import (
     Metrics,
     WarningLimiter,
@@ -117,6 +117,7 @@ def create_app(config: ServerConfig) -> web.Application:
     app.on_response_prepare.append(count_sent_bytes(metrics))
     routes.setup(app)
     batch.setup(app)  # POST /v1/batch, POST /v1/blocks/pack (issue 8: local-first sync)
+    login.setup(app)  # POST /v1/login (issue 11: passwords and device tokens)
     device_routes.setup(app)  # /v1/devices… (issue 5): routes, registry, lease task
     token = config.metrics_token
     handler = metrics_handler(metrics, token, token is not None)

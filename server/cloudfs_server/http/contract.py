@@ -298,15 +298,14 @@ AUTH_ERROR = (401, "unauthorized")
 # member), with Retry-After. 507: the server's disk is full (SQLite, block files, device store).
 STORE_ERRORS = {503: "store_unavailable", 507: "server_full"}
 # Headers an error status always carries (StoreUnavailableError.headers()).
-ERROR_HEADERS: dict[int, J] = {
-    503: {
-        "Retry-After": {
-            "description": "seconds to wait before retrying (also `retry_after_s` in the body)",
-            "required": True,
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
-        }
+RETRY_AFTER: J = {
+    "Retry-After": {
+        "description": "seconds to wait before retrying (also `retry_after_s` in the body)",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
     }
 }
+ERROR_HEADERS: dict[int, J] = {429: RETRY_AFTER, 503: RETRY_AFTER}
 
 
 def _add_codes(errors: dict[int, str], status: int, codes: str) -> None:

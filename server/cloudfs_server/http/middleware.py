@@ -12,6 +12,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from cloudfs_server.auth import bearer_token
 from cloudfs_server.errors import ServerError, ServerFullError, UnauthorizedError
+from cloudfs_server.http.login import PUBLIC_PATHS
 from cloudfs_server.http.metrics import ERROR_CODE
 from cloudfs_server.http.state import CONFIG, FULL_WARNING, META, USER
 
@@ -79,8 +80,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every route under /v1 needs a valid bearer token; the user goes to request[USER]."""
-    if request.path.startswith("/v1/") or request.path == "/v1":
+    """Every route under /v1 but login (PUBLIC_PATHS) needs a valid bearer token; the user
+    goes to request[USER]."""
+    if (request.path.startswith("/v1/") or request.path == "/v1") and (
+        request.path not in PUBLIC_PATHS
+    ):
         token = bearer_token(request.headers.get("Authorization"))
         user = await request.app[META].authenticate(token)
         if user is None:

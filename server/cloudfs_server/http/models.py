@@ -461,3 +461,28 @@ def usage_out(usage: Usage) -> UsageOut:
         usage.files,
         usage.directories,
     )
+
+
+# ---- login (POST /v1/login) --------------------------------------------------------------------
+class LoginRequest(Request):
+    """A password login of one device; the answer's token replaces that device's old one."""
+
+    user: Annotated[str, Meta(min_length=1, max_length=NAME_MAX_BYTES)]
+    password: Annotated[str, Meta(max_length=1024)]
+    device: Annotated[str, Meta(min_length=1, max_length=255)]
+
+    def __post_init__(self) -> None:
+        if len(self.device.encode("utf-8", "surrogatepass")) > 255:
+            raise BadRequestError("'device' is longer than 255 bytes")
+        if any(ord(c) < 0x20 or c == "\x7f" for c in self.device):
+            raise BadRequestError("'device' must not contain control characters")
+        try:
+            self.device.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequestError("'device' is not valid UTF-8") from None
+
+
+class LoginAnswer(msgspec.Struct):
+    token: str
+    device: str
+    user: str
