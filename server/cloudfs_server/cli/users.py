@@ -23,7 +23,8 @@ _UNSET = object()
 
 def read_password(path: Path | None, required: bool) -> str | None:
     """The password from `path` (its first line), else from a getpass prompt when stdin is a
-    terminal; None when neither (and not `required`). Raises: CliError, UsageError."""
+    terminal (where an empty answer means no password unless `required`); None when neither
+    (and not `required`). Raises: CliError, UsageError."""
     if path is not None:
         try:
             text = path.read_text(encoding="utf-8")
@@ -31,7 +32,9 @@ def read_password(path: Path | None, required: bool) -> str | None:
             raise CliError(f"cannot read the password file {path}: {exc}") from exc
         password = text.splitlines()[0] if text else ""
     elif sys.stdin.isatty():
-        password = getpass.getpass("password: ")
+        password = getpass.getpass("password: " if required else "password (empty: none): ")
+        if not password and not required:
+            return None
         if getpass.getpass("password (again): ") != password:
             raise CliError("the two passwords differ")
     elif required:
