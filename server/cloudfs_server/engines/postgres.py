@@ -247,6 +247,7 @@ class PostgresMetadataStore(SqliteMetadataStore):
         self._conns: list[PgConn] = []  # type: ignore[assignment]
         self._conns_lock = threading.Lock()
         self._open = False
+        self._touched: dict[str, int] = {}  # as in SqliteMetadataStore
         self.retries = 0  # statistics: transactions retried after a serialization failure
         # Statistics: namespace write transactions committed (under an account's lock; not gc,
         # purge and the like, which run on their own schedule).

@@ -74,6 +74,7 @@ T = TypeVar("T")
 SCHEMA_VERSION = 3
 # A token's `last_used_ns` is written at most this often (not once per request).
 TOKEN_TOUCH_NS = 60 * 1_000_000_000
+TOUCHED_MAX = 100_000  # tokens whose last write this process remembers (then it forgets all)
 # SQLite's default limit on host parameters is 32766 (>= 3.32); stay well below it.
 IN_CHUNK = 500
 
@@ -313,6 +314,7 @@ class SqliteMetadataStore(MetadataStore):
         self._conns_lock = threading.Lock()
         self._writes: queue.SimpleQueue[_WriteItem | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
+        self._touched: dict[str, int] = {}  # token digest → when this process last wrote its use
         self.groups_committed = 0  # statistics: transactions the writer committed
         self.writes_committed = 0  # statistics: writes they contained
 
@@ -803,9 +805,14 @@ class SqliteMetadataStore(MetadataStore):
             return None
         user, last_used_ns = found
         now = time.time_ns()
-        if last_used_ns is None or now - last_used_ns >= TOKEN_TOUCH_NS:
-            # At most one write a minute per token (the UPDATE's condition drops the writes of
-            # requests that raced here); an upload-row-like write: no fsync of its own.
+        stale = last_used_ns is None or now - last_used_ns >= TOKEN_TOUCH_NS
+        if stale and now - self._touched.get(digest, 0) >= TOKEN_TOUCH_NS:
+            # At most one write a minute per token and process (concurrent first requests
+            # find `_touched` set; other processes' writes are dropped by the UPDATE's
+            # condition); an upload-row-like write: no fsync of its own.
+            if len(self._touched) >= TOUCHED_MAX:
+                self._touched.clear()
+            self._touched[digest] = now
             await self._write(self._touch_token, digest, now, durable=False)
         return user
 
