@@ -328,7 +328,8 @@ complete_line "cloudfs-server set-"
     assert out.returncode == 0, out.stderr
     replies = [sorted(line.split()) for line in out.stdout.splitlines()]
     assert replies == [
-        ["trash"], ["undelete", "unmount"], ["debug", "error", "info", "warning"], ["set-quota"]
+        ["trash"], ["undelete", "unmount"], ["debug", "error", "info", "warning"],
+        ["set-password", "set-quota"],
     ], out.stdout  # fmt: skip
     zsh = run(env, "cloudfs", "completion", "zsh")
     assert zsh.returncode == 0 and "compdef" in zsh.stdout, zsh.stderr
